@@ -1,0 +1,55 @@
+"""Atomic file writes: write beside the target, fsync, then rename over it.
+
+A crash or SIGKILL mid-write leaves the previous file (or nothing) in place, never a torn file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator, Mapping
+
+import numpy as np
+
+from nfhiql_core.errors import OutputExistsError
+
+
+def ensure_writable(path: str | os.PathLike, force: bool) -> Path:
+    """Return `path` as a Path; raise OutputExistsError if it exists and `force` is False."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path}: already exists (pass --force to overwrite)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to `path`; on clean exit fsync it and rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compressed: bool = True) -> None:
+    """Atomically write `arrays` to an .npz file."""
+    with atomic_open(path, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")

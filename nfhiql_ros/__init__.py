@@ -1,0 +1,1 @@
+"""nfhiql_ros: rclpy nodes over the nfhiql_core runtime (planner, controller, MuJoCo sim)."""

@@ -1,0 +1,56 @@
+"""One setup.py for both Python packages, in the ament_python layout.
+
+`pip install -e .` gives the `nfhiql` CLI; `colcon build` on a ROS 2 install uses the same file
+(the data_files put package.xml, the resource marker, launch/ and config/ under share/).
+"""
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = "nfhiql_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Offline goal-conditioned RL with normalizing-flow hierarchical policies (NF-HIQL), "
+    "deployed through ROS 2.",
+    packages=find_packages(include=["nfhiql_core", "nfhiql_core.*", "nfhiql_ros", "nfhiql_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (os.path.join("share", PACKAGE, "launch"), glob("launch/*launch.[pxy][yma]*")),
+        (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml")),
+        (os.path.join("share", PACKAGE, "config", "train"), glob("config/train/*.yaml")),
+    ],
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy>=1.24",
+        # Any torch >= 2.4 works; the Makefile installs 2.13.0 (CPU) first through constraints.txt.
+        "torch>=2.4",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "ogbench>=1.1",
+    ],
+    extras_require={
+        "runtime": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # For CUDA machines: replaces onnxruntime. Install either `runtime` or `gpu`, never both.
+        "gpu": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime-gpu>=1.19"],
+        "ros": [
+            "ros-rclpy",
+            "ros-rmw-fastrtps-cpp",
+            "ros-std-msgs",
+            "ros-sensor-msgs",
+            "ros-geometry-msgs",
+            "ros-diagnostic-msgs",
+            "ros-trajectory-msgs",
+            "rosbags>=0.11",
+        ],
+        "dev": ["pytest>=8", "matplotlib>=3.7", "tensorboard>=2.14"],
+    },
+    zip_safe=True,
+    maintainer="nfhiql developers",
+    maintainer_email="nfhiql@example.com",
+    license="Apache-2.0",
+    entry_points={"console_scripts": ["nfhiql = nfhiql_core.cli:main"]},
+)
