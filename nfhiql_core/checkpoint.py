@@ -1,0 +1,84 @@
+"""Training checkpoints: model, optimizer, RNG states and step in one atomically written file."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nfhiql_core.agent import AgentConfig, HIQLAgent
+from nfhiql_core.atomic_io import atomic_open
+from nfhiql_core.config import from_dict, to_dict
+from nfhiql_core.errors import NfhiqlError
+
+FORMAT = "nfhiql-checkpoint/1"
+
+
+class CheckpointError(NfhiqlError):
+    """A checkpoint file is missing, unreadable or not an nfhiql checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds; `config` is the full training config as a plain dict."""
+
+    step: int
+    obs_dim: int
+    action_dim: int
+    config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    numpy_rng: dict[str, Any]
+    torch_rng: torch.Tensor
+
+    def build_agent(self, device: str | torch.device = "cpu") -> HIQLAgent:
+        """Rebuild the agent with its trained weights (optimizer state included)."""
+        agent_config = from_dict(AgentConfig, self.config["agent"], "checkpoint", "agent.")
+        agent = HIQLAgent(agent_config, self.obs_dim, self.action_dim).to(device)
+        agent.load_state_dict(self.model)
+        agent.optimizer.load_state_dict(self.optimizer)
+        return agent
+
+
+def save_checkpoint(path: str | Path, agent: HIQLAgent, config: Any, step: int,
+                    rng: np.random.Generator) -> None:
+    """Atomically write the training state at `step` (a crash never leaves a torn file)."""
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "obs_dim": agent.obs_dim,
+        "action_dim": agent.action_dim,
+        "config": to_dict(config),
+        "model": agent.state_dict(),
+        "optimizer": agent.optimizer.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by `save_checkpoint`; CheckpointError (one line) if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an nfhiql checkpoint (format field is not {FORMAT!r})")
+    fields = Checkpoint.__dataclass_fields__
+    return Checkpoint(**{k: state[k] for k in fields})
+
+
+def restore_rng(checkpoint: Checkpoint) -> np.random.Generator:
+    """Restore torch's global RNG and return the numpy generator at the checkpointed state."""
+    torch.set_rng_state(checkpoint.torch_rng.cpu())
+    rng = np.random.default_rng()
+    rng.bit_generator.state = checkpoint.numpy_rng
+    return rng
+

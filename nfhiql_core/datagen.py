@@ -1,0 +1,239 @@
+"""Generate OGBench-format offline datasets with OGBench's own environments and scripted oracles.
+
+Follows OGBench's published data_gen_scripts (generate_locomaze.py, generate_manipspace.py):
+
+- pointmaze navigate: start in a random free cell, goal in a random non-hallway cell, a new goal on
+  success; action = unit direction to the next BFS cell + N(0, 0.5^2), clipped to [-1, 1];
+  1001 steps per episode (published: 1000 episodes).
+- pointmaze stitch: same oracle, goal exactly 4 BFS cells away, no new goal; 201 steps
+  (published: 5000 episodes).
+- cube play: CubePlanOracle with temporally correlated plan noise (noise 0.1, smoothing 0.5) in the
+  env's `data_collection` mode, a new random target after each pick-and-place; 1001 steps
+  (published: 1000 episodes). Stacking probability 0 (single) or U(0, 0.25) (double).
+
+Unlike OGBench's scripts, everything is seeded: episode i draws from `SeedSequence(seed).spawn(n)[i]`,
+so the output depends only on `seed`, not on the number of workers. OGBench's `-val` split is not
+written; generate it as a separate file with another seed.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import pathlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import gymnasium
+import numpy as np
+import ogbench  # noqa: F401  (registers the OGBench environments with gymnasium)
+from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+from tqdm import tqdm
+
+from nfhiql_core.atomic_io import ensure_writable, save_npz
+from nfhiql_core.errors import ConfigError
+
+_MAZE_TYPES = ("navigate", "stitch")
+_CUBE_TYPES = ("play",)
+SUPPORTED_ENVS: tuple[str, ...] = tuple(
+    f"pointmaze-{maze}-{kind}" for maze in ("medium", "large", "giant", "teleport") for kind in _MAZE_TYPES
+) + ("cube-single-play", "cube-double-play")
+
+_DEFAULT_STEPS = {"navigate": 1001, "stitch": 201, "play": 1001}
+_DEFAULT_NOISE = {"maze": 0.5, "cube": 0.1}
+_STITCH_DISTANCE = 4  # BFS cells between start and goal in stitch episodes.
+_PLAN_NOISE_SMOOTHING = 0.5
+_P_STACK_RANGE = {"cube-single-v0": (0.0, 0.0), "cube-double-v0": (0.0, 0.25)}
+_NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1))
+
+Cell = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything a worker needs to roll out one kind of episode."""
+
+    env_id: str  # gymnasium id, e.g. "pointmaze-medium-v0"
+    family: str  # "maze" or "cube"
+    dataset_type: str
+    max_episode_steps: int
+    noise: float
+
+
+def generate_dataset(
+    env_name: str,
+    num_episodes: int,
+    seed: int,
+    out_path: str | os.PathLike,
+    *,
+    workers: int = 1,
+    max_episode_steps: int | None = None,
+    noise: float | None = None,
+    dataset_type: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> pathlib.Path:
+    """Roll out `num_episodes` oracle episodes of `env_name` and write them as an OGBench npz file.
+
+    Defaults for `max_episode_steps`, `noise` and `dataset_type` follow OGBench's published procedure
+    for the dataset name; the keyword arguments override them. Returns the written path.
+    """
+    spec = _resolve_spec(env_name, max_episode_steps, noise, dataset_type)
+    if num_episodes < 1 or workers < 1:
+        raise ConfigError(f"num_episodes and workers must be >= 1 (got {num_episodes}, {workers})")
+    path = ensure_writable(out_path, force)
+    seqs = np.random.SeedSequence(seed).spawn(num_episodes)
+    with tqdm(total=num_episodes, desc=f"datagen {env_name}", unit="ep", disable=not progress) as bar:
+        episodes = []
+        for episode in _episodes(spec, seqs, workers):
+            episodes.append(episode)
+            bar.update(1)
+    save_npz(path, {key: np.concatenate([ep[key] for ep in episodes]) for key in episodes[0]})
+    return path
+
+
+def _resolve_spec(
+    env_name: str, max_episode_steps: int | None, noise: float | None, dataset_type: str | None
+) -> _Spec:
+    """Turn a dataset name plus overrides into a validated `_Spec`."""
+    name = env_name.removesuffix("-v0")
+    if name not in SUPPORTED_ENVS:
+        raise ConfigError(f"datagen: unsupported env {env_name!r}; supported: {', '.join(SUPPORTED_ENVS)}")
+    prefix, name_type = name.rsplit("-", 1)
+    family = "maze" if prefix.startswith("pointmaze") else "cube"
+    kind = dataset_type or name_type
+    allowed = _MAZE_TYPES if family == "maze" else _CUBE_TYPES
+    if kind not in allowed:
+        raise ConfigError(f"datagen: dataset_type {kind!r} not available for {prefix}; choose from {allowed}")
+    steps = _DEFAULT_STEPS[kind] if max_episode_steps is None else max_episode_steps
+    sigma = _DEFAULT_NOISE[family] if noise is None else noise
+    if steps < 1 or sigma < 0:
+        raise ConfigError(f"datagen: need max_episode_steps >= 1 and noise >= 0 (got {steps}, {sigma})")
+    return _Spec(f"{prefix}-v0", family, kind, steps, float(sigma))
+
+
+def _episodes(spec: _Spec, seqs: Sequence[np.random.SeedSequence], workers: int) -> Iterator[dict]:
+    """Yield episodes in order, in this process or in a worker Pool over chunks of episodes.
+
+    Workers are forked where possible (no re-import of `__main__`, fast start; they never touch torch).
+    """
+    job = functools.partial(_run_episode, spec)
+    if workers == 1:
+        yield from map(job, seqs)
+        return
+    chunksize = max(1, len(seqs) // (workers * 16))
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(min(workers, len(seqs))) as pool:
+        yield from pool.imap(job, seqs, chunksize=chunksize)
+
+
+@functools.lru_cache(maxsize=1)
+def _make_env(env_id: str, family: str, max_episode_steps: int) -> gymnasium.Env:
+    """Build (once per process) the env exactly as OGBench's generation scripts do."""
+    extra = {"mode": "data_collection"} if family == "cube" else {}
+    return gymnasium.make(env_id, terminate_at_goal=False, max_episode_steps=max_episode_steps, **extra)
+
+
+def _run_episode(spec: _Spec, seq: np.random.SeedSequence) -> dict[str, np.ndarray]:
+    """Roll out one seeded episode; returns its OGBench arrays."""
+    env = _make_env(spec.env_id, spec.family, spec.max_episode_steps)
+    env_seed, space_seed, global_seed, rng_seed = (int(s) for s in seq.generate_state(4))
+    env.unwrapped.action_space.seed(space_seed)
+    rng = np.random.default_rng(rng_seed)
+    saved_state = np.random.get_state()
+    np.random.seed(global_seed)  # OGBench's envs and oracles draw from the global numpy RNG.
+    try:
+        rollout = _maze_episode if spec.family == "maze" else _cube_episode
+        return rollout(env, spec, rng, env_seed)
+    finally:
+        np.random.set_state(saved_state)
+
+
+class _Recorder:
+    """Accumulates (observation, action, terminal, qpos, qvel) rows in OGBench's raw layout."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
+
+    def add(self, ob: np.ndarray, action: np.ndarray, done: bool, info: dict) -> None:
+        for key, value in zip(self.rows, (ob, action, done, info["prev_qpos"], info["prev_qvel"])):
+            self.rows[key].append(value)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {key: np.asarray(values, dtype=np.float32) for key, values in self.rows.items()}
+
+
+def _maze_cells(maze_map: np.ndarray) -> tuple[list[Cell], list[Cell]]:
+    """All free cells, and the free cells that are not straight hallway segments (goal candidates)."""
+    free, vertices = [], []
+    for i, j in zip(*np.nonzero(maze_map == 0)):
+        cell = (int(i), int(j))
+        free.append(cell)
+        up_down = maze_map[i - 1, j] == 0 and maze_map[i + 1, j] == 0
+        left_right = maze_map[i, j - 1] == 0 and maze_map[i, j + 1] == 0
+        walls_up_down = maze_map[i - 1, j] == 1 and maze_map[i + 1, j] == 1
+        walls_left_right = maze_map[i, j - 1] == 1 and maze_map[i, j + 1] == 1
+        if not ((up_down and walls_left_right) or (left_right and walls_up_down)):
+            vertices.append(cell)
+    return free, vertices
+
+
+def _cells_at_distance(maze_map: np.ndarray, start: Cell, distance: int) -> list[Cell]:
+    """Free cells exactly `distance` BFS steps from `start`, in BFS discovery order."""
+    dist = {start: 0}
+    queue = deque([start])
+    while queue:
+        i, j = queue.popleft()
+        for di, dj in _NEIGHBOURS:
+            cell = (i + di, j + dj)
+            inside = 0 <= cell[0] < maze_map.shape[0] and 0 <= cell[1] < maze_map.shape[1]
+            if inside and maze_map[cell] == 0 and cell not in dist:
+                dist[cell] = dist[(i, j)] + 1
+                queue.append(cell)
+    return [cell for cell, d in dist.items() if d == distance]
+
+
+def _maze_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> dict[str, np.ndarray]:
+    """Point-maze episode driven by the BFS-direction oracle plus Gaussian action noise."""
+    maze = env.unwrapped
+    free, vertices = _maze_cells(maze.maze_map)
+    init_ij = free[rng.integers(len(free))]
+    if spec.dataset_type == "navigate":
+        goal_ij = vertices[rng.integers(len(vertices))]
+    else:
+        ring = _cells_at_distance(maze.maze_map, init_ij, _STITCH_DISTANCE)
+        goal_ij = ring[rng.integers(len(ring))] if ring else init_ij
+    ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
+    recorder, done = _Recorder(), False
+    while not done:
+        xy = maze.get_xy()
+        subgoal_xy, _ = maze.get_oracle_subgoal(xy, maze.cur_goal_xy)
+        direction = (subgoal_xy - xy) / (np.linalg.norm(subgoal_xy - xy) + 1e-6)
+        action = np.clip(direction + rng.normal(0.0, spec.noise, 2), -1.0, 1.0)
+        next_ob, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        if info["success"] and spec.dataset_type == "navigate":
+            maze.set_goal(goal_ij=vertices[rng.integers(len(vertices))])
+        recorder.add(ob, action, done, info)
+        ob = next_ob
+    return recorder.arrays()
+
+
+def _cube_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> dict[str, np.ndarray]:
+    """Cube play episode: CubePlanOracle with correlated plan noise, a new target after each task."""
+    ob, info = env.reset(seed=env_seed)
+    p_stack = rng.uniform(*_P_STACK_RANGE[spec.env_id])
+    oracle = CubePlanOracle(env=env, noise=spec.noise, noise_smoothing=_PLAN_NOISE_SMOOTHING)
+    oracle.reset(ob, info)
+    recorder, done = _Recorder(), False
+    while not done:
+        action = np.clip(np.asarray(oracle.select_action(ob, info)), -1.0, 1.0)
+        next_ob, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        if oracle.done:
+            target_ob, target_info = env.unwrapped.set_new_target(p_stack=p_stack)
+            oracle.reset(target_ob, target_info)
+        recorder.add(ob, action, done, info)
+        ob = next_ob
+    return recorder.arrays()

@@ -1,0 +1,362 @@
+"""OGBench evaluation protocol, vectorised: many env instances stepped in lockstep in one process.
+
+Protocol (as in OGBench's `impls/utils/evaluation.py`): 5 fixed tasks (`task_id` 1..5), the goal
+observation is `info['goal']` after reset, the episode ends on success (`terminate_at_goal`) or at
+the time limit, and an episode succeeds if `info['success']` of its last step is true. Per-task
+success is the mean over episodes; overall success is the mean over tasks.
+
+Rendering: MuJoCo picks its OpenGL backend when it is first imported, so this module sets
+`MUJOCO_GL=egl` (if unset) *before* importing ogbench/mujoco. For videos to work on a headless
+machine, import this module before anything else imports mujoco, or export MUJOCO_GL yourself.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first `import mujoco` (via ogbench)
+
+import contextlib
+import math
+import re
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+import gymnasium
+import numpy as np
+import ogbench
+from tqdm.auto import tqdm
+
+from nfhiql_core.atomic_io import atomic_open, save_json
+from nfhiql_core.errors import ConfigError, NfhiqlError
+
+VIDEO_FRAME_SKIP = 3  # render every 3rd step, like OGBench's `video_frame_skip`
+VIDEO_FPS = 15
+_EPISODE, _VIDEO = 0, 1  # seed-derivation purposes: counted episodes vs the video episode
+
+
+class PolicyError(NfhiqlError, ValueError):
+    """The policy returned actions of the wrong shape or non-finite actions."""
+
+
+class GoalConditionedPolicy(Protocol):
+    """Maps a batch of observations (B, obs...) and goals (B, goal...) to actions (B, act)."""
+
+    def __call__(self, observations: np.ndarray, goals: np.ndarray) -> np.ndarray: ...
+
+
+class StatefulPolicy(Protocol):
+    """A policy with per-environment state (e.g. re-planning every N steps).
+
+    Any policy with a callable `reset` attribute is treated as stateful:
+    `reset(env_indices)` is called with the slot indices of environments that start a new episode;
+    `__call__` then also receives `env_indices`, the slot index of each row of the batch (ascending).
+    """
+
+    def reset(self, env_indices: np.ndarray) -> None: ...
+
+    def __call__(self, observations: np.ndarray, goals: np.ndarray, env_indices: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class EpisodeRecord:
+    """One evaluated episode."""
+
+    task_id: int
+    episode: int
+    env_seed: int
+    success: bool
+    length: int
+
+
+@dataclass
+class EvalResult:
+    """Outcome of `evaluate`.
+
+    `ci95` is the normal-approximation 95% half-width 1.96*sqrt(p(1-p)/n) of the per-episode success
+    rate p over all n counted episodes (with equal episodes per task, p equals `success`).
+    """
+
+    env_name: str
+    episodes_per_task: int
+    seed: int
+    per_task_success: dict[int, float]
+    success: float
+    ci95: float
+    episodes: list[EpisodeRecord]
+    wall_time_s: float
+    num_envs: int
+    max_steps: int | None = None
+    video_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (task ids become string keys)."""
+        d = asdict(self)
+        d["per_task_success"] = {str(k): v for k, v in self.per_task_success.items()}
+        return d
+
+
+@dataclass
+class _Running:
+    slot: int
+    env: gymnasium.Env
+    record: EpisodeRecord
+    rng_state: tuple  # this episode's stream of numpy's global RNG (see `_episode_global_rng`)
+    rng_in_step: bool  # whether env.step draws from the global RNG (teleport mazes)
+    obs: np.ndarray | None = None  # set by `_start`
+    goal: np.ndarray | None = None
+
+
+def canonical_env_name(env_name: str) -> str:
+    """Append '-v0' when `env_name` has no version suffix."""
+    return env_name if re.search(r"-v\d+$", env_name) else f"{env_name}-v0"
+
+
+def make_env(env_name: str) -> gymnasium.Env:
+    """Make an OGBench env from an env id or dataset name ('pointmaze-medium[-navigate][-v0]')."""
+    name = canonical_env_name(env_name)
+    try:
+        if name in gymnasium.registry:
+            return gymnasium.make(name)
+        return ogbench.make_env_and_datasets(name, env_only=True)
+    except gymnasium.error.Error:
+        raise ConfigError(
+            f"unknown OGBench environment {env_name!r} (expected e.g. 'pointmaze-medium-navigate-v0')"
+        ) from None
+
+
+def episode_seed(seed: int, task_id: int, episode: int, purpose: int = _EPISODE) -> int:
+    """Env reset seed derived from (seed, task_id, episode), independent of batching."""
+    return int(np.random.SeedSequence(seed, spawn_key=(purpose, task_id, episode)).generate_state(1)[0])
+
+
+def _is_stateful(policy: GoalConditionedPolicy) -> bool:
+    return callable(getattr(policy, "reset", None))
+
+
+def _as_batch(xs: list[np.ndarray]) -> np.ndarray:
+    """Stack observations; floats become float32 (the dtype OGBench datasets load with)."""
+    batch = np.stack(xs)
+    return batch.astype(np.float32) if np.issubdtype(batch.dtype, np.floating) else batch
+
+
+def _query(policy: GoalConditionedPolicy, running: list[_Running], space: gymnasium.spaces.Box) -> np.ndarray:
+    """Call the policy on the running envs; validate and clip its actions."""
+    obs = _as_batch([r.obs for r in running])
+    goals = _as_batch([r.goal for r in running])
+    if _is_stateful(policy):
+        out = policy(obs, goals, env_indices=np.array([r.slot for r in running]))
+    else:
+        out = policy(obs, goals)
+    actions = np.asarray(out, dtype=np.float64)
+    if actions.shape != (len(running), *space.shape):
+        raise PolicyError(f"policy returned actions of shape {actions.shape}, expected {(len(running), *space.shape)}")
+    bad = ~np.isfinite(actions).reshape(len(running), -1).all(axis=1)
+    if bad.any():
+        rec = running[int(np.argmax(bad))].record
+        raise PolicyError(f"policy returned a non-finite action (task {rec.task_id}, episode {rec.episode})")
+    return np.clip(actions, space.low, space.high).astype(space.dtype)
+
+
+@contextlib.contextmanager
+def _episode_global_rng(r: _Running) -> Iterator[None]:
+    """Swap in the episode's own state of numpy's global RNG, and restore the caller's afterwards.
+
+    OGBench draws goal jitter (at reset) and teleport exits (at step) from `np.random`, not from
+    the seeded `env.np_random`; giving each episode its own stream keeps results independent of
+    the interleaving of lockstep envs and leaves the caller's global RNG untouched.
+    """
+    outer = np.random.get_state()
+    np.random.set_state(r.rng_state)
+    try:
+        yield
+    finally:
+        r.rng_state = np.random.get_state()
+        np.random.set_state(outer)
+
+
+def _start(env: gymnasium.Env, slot: int, task_id: int, episode: int, seed: int) -> _Running:
+    """Reset `env` for (task_id, episode) and return its running state."""
+    teleports = getattr(env.unwrapped, "_teleport_info", None) is not None
+    rng_state = np.random.RandomState(seed).get_state()
+    r = _Running(slot, env, EpisodeRecord(task_id, episode, seed, False, 0), rng_state, teleports)
+    with _episode_global_rng(r):
+        r.obs, info = env.reset(seed=seed, options=dict(task_id=task_id))
+    r.goal = info["goal"]
+    return r
+
+
+def _reset_policy(policy: GoalConditionedPolicy, slots: list[int]) -> None:
+    if slots and _is_stateful(policy):
+        policy.reset(np.array(slots))
+
+
+def _step(r: _Running, action: np.ndarray, max_steps: int | None) -> bool:
+    """Step one env; return True when its episode is over (success, time limit or `max_steps`)."""
+    with _episode_global_rng(r) if r.rng_in_step else contextlib.nullcontext():
+        r.obs, _, terminated, truncated, info = r.env.step(action)
+    r.record.length += 1
+    r.record.success = bool(info["success"])
+    return terminated or truncated or (max_steps is not None and r.record.length >= max_steps)
+
+
+def _run_episodes(
+    policy: GoalConditionedPolicy,
+    envs: list[gymnasium.Env],
+    jobs: deque[tuple[int, int]],
+    seed: int,
+    max_steps: int | None,
+    bar: tqdm,
+) -> list[EpisodeRecord]:
+    """Run the (task_id, episode) jobs on the env slots in lockstep; a freed slot takes the next job."""
+    space = envs[0].action_space
+    running: list[_Running] = []
+    done: list[EpisodeRecord] = []
+
+    def refill(slots: list[int]) -> None:
+        started = []
+        for slot in slots:
+            if jobs:
+                task_id, ep = jobs.popleft()
+                running.append(_start(envs[slot], slot, task_id, ep, episode_seed(seed, task_id, ep)))
+                started.append(slot)
+        running.sort(key=lambda r: r.slot)
+        _reset_policy(policy, started)
+
+    refill(list(range(len(envs))))
+    while running:
+        actions = _query(policy, running, space)
+        finished = [r for r, a in zip(running, actions) if _step(r, a, max_steps)]
+        for r in finished:
+            running.remove(r)
+            done.append(r.record)
+            bar.update(1)
+        if finished:
+            bar.set_postfix(success=f"{np.mean([d.success for d in done]):.3f}")
+            refill([r.slot for r in finished])
+    return done
+
+
+def _record_video(
+    policy: GoalConditionedPolicy, env_name: str, seed: int, max_steps: int | None, path: Path
+) -> None:
+    """Render one uncounted task-1 episode (every VIDEO_FRAME_SKIP-th step) and write it to `path`."""
+    env = make_env(env_name)
+    r = _start(env, 0, 1, 0, episode_seed(seed, 1, 0, _VIDEO))
+    _reset_policy(policy, [0])
+    try:
+        frames = [env.render().copy()]
+        over = False
+        while not over:
+            over = _step(r, _query(policy, [r], env.action_space)[0], max_steps)
+            if over or r.record.length % VIDEO_FRAME_SKIP == 0:
+                frames.append(env.render().copy())
+    finally:
+        env.close()
+    _write_video(frames, path)
+
+
+def _write_video(frames: list[np.ndarray], path: Path) -> None:
+    """Write frames as an animated GIF (PIL) or, for '.mp4', with imageio-ffmpeg; atomically."""
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        with atomic_open(path, "wb") as f:
+            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0)
+    elif suffix == ".mp4":
+        try:
+            import imageio.v2 as imageio
+            import imageio_ffmpeg  # noqa: F401  (imageio's mp4 backend)
+        except ImportError:
+            raise ConfigError(f"{path}: writing .mp4 needs imageio-ffmpeg; use a .gif path") from None
+        tmp = path.with_name(f".{path.stem}.tmp.mp4")
+        imageio.mimwrite(tmp, frames, fps=VIDEO_FPS)
+        os.replace(tmp, path)
+    else:
+        raise ConfigError(f"{path}: video path must end in .gif or .mp4")
+
+
+def _check_args(env: gymnasium.Env, episodes_per_task: int, task_ids: Sequence[int], num_envs: int) -> None:
+    n_tasks = len(env.unwrapped.task_infos)
+    if episodes_per_task < 1 or num_envs < 1:
+        raise ConfigError(f"episodes_per_task and num_envs must be >= 1 (got {episodes_per_task}, {num_envs})")
+    if not task_ids or any(not 1 <= t <= n_tasks for t in task_ids):
+        raise ConfigError(f"task_ids must be a non-empty subset of 1..{n_tasks} (got {list(task_ids)})")
+
+
+def evaluate(
+    policy: GoalConditionedPolicy,
+    env_name: str,
+    episodes_per_task: int = 50,
+    seed: int = 0,
+    task_ids: Sequence[int] | None = None,
+    num_envs: int | None = None,
+    video_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> EvalResult:
+    """Evaluate `policy` on `episodes_per_task` episodes of each task (default: all tasks).
+
+    `num_envs` env instances (default: `episodes_per_task`) run in lockstep; the policy is called
+    once per step on the batch of still-running envs. Episode seeds depend only on (seed, task_id,
+    episode), so a deterministic row-wise policy gives identical results for any `num_envs`.
+    Actions are clipped to the action space. `video_path` (.gif, or .mp4 with imageio-ffmpeg)
+    additionally renders one uncounted task-1 episode. `max_steps` caps episode length below the
+    env's time limit (a test/debug knob; results with it are not the OGBench protocol).
+    """
+    start = time.perf_counter()
+    env_name = canonical_env_name(env_name)
+    num_envs = num_envs or episodes_per_task
+    envs = [make_env(env_name)]
+    tasks = list(task_ids) if task_ids is not None else list(range(1, len(envs[0].unwrapped.task_infos) + 1))
+    _check_args(envs[0], episodes_per_task, tasks, num_envs)
+    jobs = deque((t, ep) for t in tasks for ep in range(episodes_per_task))
+    envs += [make_env(env_name) for _ in range(min(num_envs, len(jobs)) - 1)]
+    try:
+        with tqdm(total=len(jobs), desc=f"eval {env_name}", unit="ep", disable=not progress) as bar:
+            records = _run_episodes(policy, envs, jobs, seed, max_steps, bar)
+    finally:
+        for env in envs:
+            env.close()
+    records.sort(key=lambda r: (r.task_id, r.episode))
+    if video_path is not None:
+        _record_video(policy, env_name, seed, max_steps, Path(video_path))
+    return _summarise(records, env_name, episodes_per_task, seed, tasks, time.perf_counter() - start,
+                      num_envs, max_steps, None if video_path is None else str(video_path))
+
+
+def _summarise(
+    records: list[EpisodeRecord],
+    env_name: str,
+    episodes_per_task: int,
+    seed: int,
+    tasks: list[int],
+    wall_time_s: float,
+    num_envs: int,
+    max_steps: int | None,
+    video_path: str | None,
+) -> EvalResult:
+    per_task = {t: float(np.mean([r.success for r in records if r.task_id == t])) for t in tasks}
+    p = float(np.mean([r.success for r in records]))
+    return EvalResult(
+        env_name=env_name,
+        episodes_per_task=episodes_per_task,
+        seed=seed,
+        per_task_success=per_task,
+        success=float(np.mean(list(per_task.values()))),
+        ci95=1.96 * math.sqrt(p * (1 - p) / len(records)),
+        episodes=records,
+        wall_time_s=wall_time_s,
+        num_envs=num_envs,
+        max_steps=max_steps,
+        video_path=video_path,
+    )
+
+
+def write_result(result: EvalResult, path: str | os.PathLike) -> None:
+    """Atomically write `result.to_dict()` as JSON."""
+    save_json(path, result.to_dict())

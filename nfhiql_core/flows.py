@@ -1,0 +1,145 @@
+"""Conditional RealNVP: affine couplings with learned PLU mixing, conditioned on a context vector.
+
+The flow is a map x = g(z; c) from a standard-normal base z to the data x. Each block applies
+an affine coupling and then an invertible linear mixing W = P·L·(U + diag(d)):
+
+    sampling   (z -> x):  h2 = u2·exp(s(u1, c)) + t(u1, c);  y = W·h           (plain matmuls: exports to ONNX)
+    density    (x -> z):  h = W⁻¹·y (two triangular solves);  u2 = (h2 − t)·exp(−s)
+
+log p(x | c) = log N(z; 0, I) − Σ_blocks (Σ s + Σ log|d|). Log-scales are bounded with
+`max_log_scale · tanh(raw / max_log_scale)` so exp() cannot overflow, and the last layer of each
+coupling net starts at zero so a fresh flow is a pure rotation of the base.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nfhiql_core.networks import MLP
+
+
+class PLULinear(nn.Module):
+    """Invertible linear map W = P·L·(U + diag(d)) with a fixed permutation P.
+
+    L is unit lower-triangular, U strictly upper-triangular; log|det W| = Σ log|d|.
+    Initialised from a random orthogonal matrix (seeded by the caller's torch RNG).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(dim, dim))
+        p, lower, upper = torch.linalg.lu(q)
+        diag = torch.diagonal(upper)
+        self.register_buffer("perm", p)
+        self.register_buffer("lower_mask", torch.tril(torch.ones(dim, dim), -1))
+        self.register_buffer("eye", torch.eye(dim))
+        self.register_buffer("diag_sign", torch.sign(diag))
+        self.lower = nn.Parameter(lower * self.lower_mask)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_abs_diag = nn.Parameter(torch.log(torch.abs(diag)))
+
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.diag_sign * torch.exp(self.log_abs_diag))
+        return lower, upper
+
+    def weight(self) -> torch.Tensor:
+        """The dense matrix W."""
+        lower, upper = self._factors()
+        return self.perm @ lower @ upper
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """y = W·h for a batch of row vectors."""
+        return h @ self.weight().T
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """h = W⁻¹·y via two triangular solves."""
+        lower, upper = self._factors()
+        rhs = (y @ self.perm).T  # P⁻¹ = Pᵀ; (Pᵀ y) as column vectors
+        v = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(upper, v, upper=True).T
+
+    def log_abs_det(self) -> torch.Tensor:
+        """log|det W| (a scalar)."""
+        return self.log_abs_diag.sum()
+
+
+class AffineCoupling(nn.Module):
+    """Affine coupling: the second part is scaled and shifted by a net of (first part, context)."""
+
+    def __init__(self, dim: int, context_dim: int, hidden_dims: Sequence[int], max_log_scale: float):
+        super().__init__()
+        self.split = math.ceil(dim / 2) if dim > 1 else 0
+        self.max_log_scale = max_log_scale
+        out = dim - self.split
+        self.net = MLP(self.split + context_dim, (*hidden_dims, 2 * out), layer_norm=True,
+                       activation=nn.LeakyReLU)
+        nn.init.zeros_(self.net.output_layer.weight)
+        nn.init.zeros_(self.net.output_layer.bias)
+
+    def _scale_shift(self, keep: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw_s, t = self.net(torch.cat([keep, context], dim=-1)).chunk(2, dim=-1)
+        s = self.max_log_scale * torch.tanh(raw_s / self.max_log_scale)
+        return s, t
+
+    def forward(self, u: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling direction; returns (h, Σ s) with Σ s = log|det ∂h/∂u| per sample."""
+        keep, change = u[:, : self.split], u[:, self.split:]
+        s, t = self._scale_shift(keep, context)
+        return torch.cat([keep, change * torch.exp(s) + t], dim=-1), s.sum(-1)
+
+    def inverse(self, h: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density direction; returns (u, Σ s)."""
+        keep, changed = h[:, : self.split], h[:, self.split:]
+        s, t = self._scale_shift(keep, context)
+        return torch.cat([keep, (changed - t) * torch.exp(-s)], dim=-1), s.sum(-1)
+
+
+class ConditionalRealNVP(nn.Module):
+    """A stack of (affine coupling → PLU mixing) blocks over `dim`-vectors, conditioned on `context`."""
+
+    def __init__(self, dim: int, context_dim: int, num_blocks: int = 4,
+                 hidden_dims: Sequence[int] = (256, 256), max_log_scale: float = 3.0):
+        super().__init__()
+        self.dim = dim
+        self.couplings = nn.ModuleList(
+            AffineCoupling(dim, context_dim, hidden_dims, max_log_scale) for _ in range(num_blocks))
+        self.mixings = nn.ModuleList(PLULinear(dim) for _ in range(num_blocks))
+
+    def sample(self, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x = g(z; context). The noise z is an input: z = 0 gives a deterministic, mode-like output."""
+        x, _ = self.sample_with_log_prob(context, z)
+        return x
+
+    def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = g(z; context) together with the exact log p(x | context)."""
+        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        x = z
+        for coupling, mixing in zip(self.couplings, self.mixings):
+            x, s_sum = coupling(x, context)
+            x = mixing(x)
+            log_det = log_det + s_sum + mixing.log_abs_det()
+        return x, standard_normal_log_prob(z) - log_det
+
+    def inverse(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z = g⁻¹(x; context) and log|det ∂z/∂x| per sample."""
+        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        z = x
+        for coupling, mixing in zip(reversed(self.couplings), reversed(self.mixings)):
+            z = mixing.inverse(z)
+            z, s_sum = coupling.inverse(z, context)
+            log_det = log_det - s_sum - mixing.log_abs_det()
+        return z, log_det
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Exact log p(x | context) per sample."""
+        z, log_det = self.inverse(x, context)
+        return standard_normal_log_prob(z) + log_det
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Σ log N(z_i; 0, 1) over the last dimension."""
+    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * math.log(2 * math.pi))

@@ -1,0 +1,62 @@
+"""Conditional policies with one interface: log_prob(x, context) and sample(context, z).
+
+`FlowPolicy` (NF-HIQL) encodes the context and runs a conditional RealNVP; `GaussianPolicy`
+(plain HIQL, the ablation) is a diagonal Gaussian with the mean from an MLP. Both take the noise
+z as an argument, so z = 0 is the deterministic policy used for evaluation and export.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nfhiql_core.flows import ConditionalRealNVP, standard_normal_log_prob
+from nfhiql_core.networks import MLP
+
+
+class GaussianPolicy(nn.Module):
+    """N(μ(c), σ²) with σ = 1 (const_std, as OGBench's HIQL) or a learned state-independent σ."""
+
+    def __init__(self, context_dim: int, dim: int, hidden_dims: Sequence[int], const_std: bool = True):
+        super().__init__()
+        self.dim = dim
+        self.trunk = MLP(context_dim, hidden_dims, layer_norm=False, activate_final=True)
+        self.mean = nn.Linear(self.trunk.out_dim, dim)
+        nn.init.xavier_uniform_(self.mean.weight, gain=1e-2)
+        nn.init.zeros_(self.mean.bias)
+        self.log_std = nn.Parameter(torch.zeros(dim), requires_grad=not const_std)
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """log N(x; μ(c), σ²) summed over dimensions."""
+        z = (x - self.mean(self.trunk(context))) * torch.exp(-self.log_std)
+        return standard_normal_log_prob(z) - self.log_std.sum()
+
+    def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x = μ(c) + σ·z and log p(x | c)."""
+        x = self.mean(self.trunk(context)) + torch.exp(self.log_std) * z
+        return x, standard_normal_log_prob(z) - self.log_std.sum()
+
+    def sample(self, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.sample_with_log_prob(context, z)[0]
+
+
+class FlowPolicy(nn.Module):
+    """Context encoder MLP followed by a conditional RealNVP over the output."""
+
+    def __init__(self, context_dim: int, dim: int, hidden_dims: Sequence[int], encode_dim: int,
+                 num_blocks: int, coupling_hidden_dims: Sequence[int], max_log_scale: float):
+        super().__init__()
+        self.dim = dim
+        self.encoder = MLP(context_dim, (*hidden_dims, encode_dim), layer_norm=True)
+        self.flow = ConditionalRealNVP(dim, encode_dim, num_blocks, coupling_hidden_dims, max_log_scale)
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(x, self.encoder(context))
+
+    def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.flow.sample_with_log_prob(self.encoder(context), z)
+
+    def sample(self, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.sample_with_log_prob(context, z)[0]
+

@@ -1,0 +1,169 @@
+"""Offline training: dataset → goal sampler → agent updates, with periodic evaluation,
+metrics (CSV + TensorBoard), atomic checkpoints and crash-safe resume."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from nfhiql_core.agent import AgentConfig, HIQLAgent, TorchPolicy
+from nfhiql_core.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
+from nfhiql_core.dataset import load_dataset
+from nfhiql_core.errors import ConfigError, OutputExistsError
+from nfhiql_core.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
+from nfhiql_core.metrics import MetricsLogger
+
+CHECKPOINT_NAME = "checkpoint.pt"
+# Sampler knobs that live in the agent section (one home each).
+_SAMPLER_KEYS_FROM_AGENT = ("discount", "subgoal_steps")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    path: str
+    data_fraction: float = 1.0
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int = 1_000_000
+    batch_size: int = 1024
+    log_interval: int = 1000
+    eval_interval: int = 100_000  # 0 disables periodic evaluation
+    eval_episodes: int = 50  # per task
+    eval_temperature: float = 0.0
+    checkpoint_interval: int = 10_000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_interval", "checkpoint_interval", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training recipe: what to train on, how, and where the run lives."""
+
+    run_dir: str
+    dataset: DatasetConfig
+    env: str | None = None  # OGBench environment for periodic evaluation
+    seed: int = 0
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    sampler: dict[str, Any] = field(default_factory=dict)  # GoalSamplerConfig fields but discount/subgoal_steps
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+    def sampler_config(self) -> GoalSamplerConfig:
+        """The goal sampler's config, with discount and subgoal_steps taken from the agent."""
+        shared = set(_SAMPLER_KEYS_FROM_AGENT) & set(self.sampler)
+        if shared:
+            raise ConfigError(f"sampler.{sorted(shared)[0]}: set it in the agent section instead")
+        values = {**self.sampler, **{k: getattr(self.agent, k) for k in _SAMPLER_KEYS_FROM_AGENT}}
+        config = from_dict(GoalSamplerConfig, values, "config", "sampler.")
+        config.validate()
+        return config
+
+
+def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML recipe, apply `key.sub=value` overrides and validate it into a TrainConfig."""
+    data = apply_overrides(load_yaml(path), overrides)
+    config = from_dict(TrainConfig, data, str(path))
+    config.sampler_config()  # validate now, not after the dataset is loaded
+    return config
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(config: TrainConfig, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
+    """Run (or resume) training; returns the path of the final checkpoint."""
+    run_dir = Path(config.run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    _prepare_run_dir(run_dir, ckpt_path, resume, force)
+    loop = config.train
+    if loop.threads > 0:
+        torch.set_num_threads(loop.threads)
+    device = resolve_device(loop.device)
+
+    dataset = load_dataset(config.dataset.path, config.dataset.data_fraction, config.seed)
+    sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
+    torch.manual_seed(config.seed)
+    agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
+    rng = np.random.default_rng(config.seed)
+    start = 0
+    if resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, device)
+        _check_same_recipe(ckpt.config, config, ckpt_path)
+        agent.load_state_dict(ckpt.model)
+        agent.optimizer.load_state_dict(ckpt.optimizer)
+        rng = restore_rng(ckpt)
+        start = ckpt.step
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    metrics = MetricsLogger(run_dir, resume_step=start if resume else None)
+    bar = tqdm(total=loop.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start + 1, loop.steps + 1):
+        info = agent.update(agent.batch_to_tensors(sampler.sample(loop.batch_size, rng)))
+        bar.update(1)
+        if step % loop.log_interval == 0:
+            now = time.perf_counter()
+            values = {k: v.item() for k, v in info.items()}
+            values["steps_per_s"] = (step - tick_step) / (now - tick)
+            tick, tick_step = now, step
+            metrics.log("train", step, values)
+            bar.set_postfix(loss=f"{values['loss']:.3f}", sps=f"{values['steps_per_s']:.1f}")
+        if config.env and loop.eval_interval and (step % loop.eval_interval == 0 or step == loop.steps):
+            _evaluate_and_log(agent, config, step, metrics, progress)
+        if step % loop.checkpoint_interval == 0 or step == loop.steps:
+            save_checkpoint(ckpt_path, agent, config, step, rng)
+    bar.close()
+    metrics.close()
+    return ckpt_path
+
+
+def _prepare_run_dir(run_dir: Path, ckpt_path: Path, resume: bool, force: bool) -> None:
+    if resume and force:
+        raise ConfigError("--resume and --force are mutually exclusive")
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not force:
+            raise OutputExistsError(f"{run_dir}: run directory is not empty (use --resume to continue it "
+                                    "or --force to start over)")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_same_recipe(saved: dict[str, Any], config: TrainConfig, ckpt_path: Path) -> None:
+    current = to_dict(config)
+    for section in ("agent", "dataset", "sampler", "seed"):
+        if saved.get(section) != current[section]:
+            raise ConfigError(f"{ckpt_path}: cannot resume: '{section}' differs from the checkpoint's recipe")
+
+
+def _evaluate_and_log(agent: HIQLAgent, config: TrainConfig, step: int, metrics: MetricsLogger,
+                      progress: bool) -> None:
+    from nfhiql_core.evaluation import evaluate  # imports ogbench/mujoco only when evaluating
+
+    agent.eval()
+    result = evaluate(TorchPolicy(agent, config.train.eval_temperature, seed=config.seed), config.env,
+                      episodes_per_task=config.train.eval_episodes, seed=config.seed, progress=False)
+    agent.train()
+    values = {"success": result.success, "ci95": result.ci95,
+              **{f"task{t}": s for t, s in result.per_task_success.items()}}
+    metrics.log("eval", step, values)
+    if progress:
+        tqdm.write(f"step {step}: success {result.success:.3f} ± {result.ci95:.3f}")
+
