@@ -115,14 +115,14 @@ class HIQLAgent(nn.Module):
 
         rep_goal = self.goal_rep(obs, goals)  # φ(s, g), trained by the value loss
         with torch.no_grad():
-            reps = self.goal_rep(torch.cat([next_obs, next_obs, obs, high_targets, obs]),
-                                 torch.cat([goals, low_goals, low_goals, high_goals, high_targets]))
-            rep_next_goal, rep_next_low, rep_low, rep_target_goal, rep_subgoal = reps.split(n)
+            reps = self.goal_rep(torch.cat([next_obs, next_obs, obs, high_targets, obs, obs]),
+                                 torch.cat([goals, low_goals, low_goals, high_goals, high_goals, high_targets]))
+            rep_next_goal, rep_next_low, rep_low, rep_target_high, rep_high, rep_subgoal = reps.split(n)
             target_v = self.target_value(torch.cat([next_obs, obs]), torch.cat([rep_next_goal, rep_goal.detach()]))
             next_v_target, v_target = target_v.split(n, dim=1)
-            online_v = self.value(torch.cat([next_obs, obs, high_targets]),
-                                  torch.cat([rep_next_low, rep_low, rep_target_goal])).mean(0)
-            v_next_low, v_low, v_target_goal = online_v.split(n)
+            online_v = self.value(torch.cat([next_obs, obs, high_targets, obs]),
+                                  torch.cat([rep_next_low, rep_low, rep_target_high, rep_high])).mean(0)
+            v_next_low, v_low, v_target_high, v_high = online_v.split(n)
 
         v = self.value(obs, rep_goal)
         value_loss, value_info = self._value_loss(batch, v, next_v_target, v_target)
@@ -131,7 +131,7 @@ class HIQLAgent(nn.Module):
         low_context = torch.cat([obs, rep_low if c.subgoal_space == "rep" else low_goals], dim=-1)
         low_loss, low_info = self._actor_loss(self.low_actor, batch["actions"], low_context, low_adv, c.low_alpha)
 
-        high_adv = v_target_goal - v.detach().mean(0)
+        high_adv = v_target_high - v_high
         high_target = rep_subgoal if c.subgoal_space == "rep" else high_targets
         high_context = torch.cat([obs, high_goals], dim=-1)
         high_loss, high_info = self._actor_loss(self.high_actor, high_target, high_context, high_adv, c.high_alpha)

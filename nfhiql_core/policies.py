@@ -25,7 +25,10 @@ class GaussianPolicy(nn.Module):
         self.mean = nn.Linear(self.trunk.out_dim, dim)
         nn.init.xavier_uniform_(self.mean.weight, gain=1e-2)
         nn.init.zeros_(self.mean.bias)
-        self.log_std = nn.Parameter(torch.zeros(dim), requires_grad=not const_std)
+        if const_std:
+            self.register_buffer("log_std", torch.zeros(dim))
+        else:
+            self.log_std = nn.Parameter(torch.zeros(dim))
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """log N(x; μ(c), σ²) summed over dimensions."""
