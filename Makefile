@@ -2,7 +2,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUN_DIR ?= runs/demo
 
 .PHONY: setup test demo clean
 
@@ -17,13 +16,13 @@ setup: $(STAMP)
 test: setup
 	$(PY) -m pytest -q tests
 
-# Until the ROS stack lands, the main job is a small end-to-end learning run on pointmaze.
+# Until the ROS stack lands, the main job is a small end-to-end learning run on pointmaze:
+# generate data with ogbench's oracle, train NF-HIQL for a few minutes, evaluate (OGBench protocol).
 demo: setup
-	$(VENV)/bin/nfhiql datagen pointmaze-medium-navigate --episodes 40 --seed 0 -o $(RUN_DIR)/pointmaze-demo.npz --force
-	$(VENV)/bin/nfhiql train --config config/train/pointmaze-medium-navigate-demo.yaml \
-		dataset.path=$(RUN_DIR)/pointmaze-demo.npz run_dir=$(RUN_DIR)/train --force
-	$(VENV)/bin/nfhiql eval $(RUN_DIR)/train/checkpoint.pt --env pointmaze-medium-navigate \
-		--episodes 10 --seed 0 --json $(RUN_DIR)/eval.json
+	$(VENV)/bin/nfhiql datagen pointmaze-medium-navigate --episodes 40 --seed 0 \
+		-o runs/demo/pointmaze-demo.npz --force
+	$(VENV)/bin/nfhiql train --config config/train/pointmaze-medium-navigate-demo.yaml --force
+	$(VENV)/bin/nfhiql eval runs/demo/train/checkpoint.pt --episodes 10 --seed 0 --json runs/demo/eval.json
 
 clean:
 	rm -rf runs

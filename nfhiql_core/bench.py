@@ -1,0 +1,103 @@
+"""`nfhiql bench train`: gradient steps per second of the real training step (goal sampling +
+host→device copy + one agent update), flow vs Gaussian policies, for each given recipe."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nfhiql_core.agent import HIQLAgent
+from nfhiql_core.dataset import Dataset, load_dataset
+from nfhiql_core.errors import DatasetError
+from nfhiql_core.goal_sampler import HierarchicalGoalSampler
+from nfhiql_core.train import TrainConfig, load_train_config, resolve_device
+
+# OGBench's JAX HIQL (impls/main.py) at full size on a 2-core machine of this project's kind
+# (shared/reference/measured-here.md): the baseline the full-size target is stated against.
+JAX_HIQL_FULL_SIZE_STEPS_PER_S = 2.5
+
+
+def synthetic_dataset(obs_dim: int = 2, action_dim: int = 2, trajectories: int = 100, length: int = 1001,
+                      seed: int = 0) -> Dataset:
+    """Random-walk trajectories in OGBench's layout, for benchmarking without a generated dataset."""
+    rng = np.random.default_rng(seed)
+    steps = rng.normal(scale=0.1, size=(trajectories, length, obs_dim)).astype(np.float32)
+    observations = np.cumsum(steps, axis=1).reshape(-1, obs_dim)
+    actions = rng.uniform(-1, 1, size=(trajectories * length, action_dim)).astype(np.float32)
+    terminals = np.zeros(trajectories * length, dtype=np.float32)
+    terminals[length - 1:: length] = 1.0
+    return Dataset.from_arrays(observations, actions, terminals, source="<synthetic random walk>")
+
+
+def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per training step, averaged over `steps` after `warmup` untimed steps."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
+    agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
+    batch_size = config.train.batch_size
+
+    def step() -> None:
+        agent.update(agent.batch_to_tensors(sampler.sample(batch_size, rng)))
+
+    for _ in range(warmup):
+        step()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, threads: int = 0,
+                device: str = "auto") -> list[dict]:
+    """Print and return a throughput table: each recipe × {flow, gaussian}."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{steps} timed steps after {warmup} warm-up")
+    header = f"{'recipe':<40} {'policy':<9} {'batch':>5} {'actor/value MLP':>17} {'steps/s':>8} {'ms/step':>8}"
+    print(header + f" {'vs JAX HIQL':>11}")
+    rows = []
+    for path in config_paths:
+        config = load_train_config(path)
+        dataset = _dataset_for(config)
+        for policy in ("flow", "gaussian"):
+            cfg = dataclasses.replace(config, agent=dataclasses.replace(config.agent, policy=policy))
+            seconds = time_updates(cfg, dataset, steps, warmup, dev)
+            row = {"recipe": Path(path).stem, "policy": policy, "batch_size": cfg.train.batch_size,
+                   "actor_hidden_dims": list(cfg.agent.actor_hidden_dims),
+                   "value_hidden_dims": list(cfg.agent.value_hidden_dims),
+                   "steps_per_s": 1.0 / seconds, "dataset": dataset.source}
+            rows.append(row)
+            nets = f"{_dims(cfg.agent.actor_hidden_dims)}/{_dims(cfg.agent.value_hidden_dims)}"
+            print(f"{row['recipe']:<40} {policy:<9} {row['batch_size']:>5} {nets:>17} "
+                  f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f} "
+                  f"{row['steps_per_s'] / JAX_HIQL_FULL_SIZE_STEPS_PER_S:>10.2f}x")
+    print(f"(vs JAX HIQL: ratio to {JAX_HIQL_FULL_SIZE_STEPS_PER_S} steps/s, OGBench's JAX HIQL at full size "
+          "on a 2-core machine of this kind; meaningful for the full-size recipe)")
+    return rows
+
+
+def _dataset_for(config: TrainConfig) -> Dataset:
+    try:
+        return load_dataset(config.dataset.path)
+    except DatasetError:  # the recipe's dataset was not generated on this machine
+        dataset = synthetic_dataset()
+        print(f"  ({config.dataset.path} not found: using {dataset.source}, obs 2 / act 2)")
+        return dataset
+
+
+def _dims(dims: Sequence[int]) -> str:
+    return f"{len(dims)}x{dims[0]}" if len(set(dims)) == 1 else "-".join(map(str, dims))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
