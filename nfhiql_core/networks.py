@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,12 @@ class MLP(nn.Module):
         self.out_dim = in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        *hidden, last = self.layers
+        for layer in hidden:
+            x = layer(x)
+        if last is self.output_layer:
+            return full_precision(last, x)
+        return last(x)
 
 
 class EnsembleMLP(nn.Module):
@@ -60,14 +65,24 @@ class EnsembleMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.unsqueeze(0).expand(self.num_heads, *x.shape)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h, w)
-            if i < last:
-                h = F.gelu(h)
-                if self.layer_norm:
-                    h = F.layer_norm(h, h.shape[-1:]) * self.norm_weights[i] + self.norm_biases[i]
-        return h
+        *hidden, (w_out, b_out) = zip(self.weights, self.biases)
+        for i, (w, b) in enumerate(hidden):
+            h = F.gelu(torch.baddbmm(b, h, w))
+            if self.layer_norm:
+                h = F.layer_norm(h, h.shape[-1:]) * self.norm_weights[i] + self.norm_biases[i]
+        return full_precision(lambda v: torch.baddbmm(b_out, v, w_out), h)
+
+
+def full_precision(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Run `layer` in float32 even inside a bfloat16 autocast region.
+
+    Output layers stay in float32 so values, log-scales and shifts keep their precision when the
+    hidden layers run in bfloat16 (`AgentConfig.compute_dtype`).
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
 
 
 def length_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
