@@ -1,4 +1,4 @@
-"""`nfhiql` command line: one verb per job (datagen, train, eval, bench)."""
+"""`nfhiql` command line: one verb per job (datagen, train, eval, plot, bench)."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,12 @@ def _bench_train(args: argparse.Namespace) -> None:
     bench_train(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device)
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from nfhiql_core.plots import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.output)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `nfhiql` argument parser."""
     parser = argparse.ArgumentParser(prog="nfhiql", description=__doc__)
@@ -92,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("plot", help="learning curves (eval success, losses) of one or more runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("-o", "--output", default="curves.png")
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("bench", help="benchmarks that print numbers")
     bench = p.add_subparsers(dest="bench", required=True)

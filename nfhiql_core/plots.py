@@ -1,0 +1,49 @@
+"""Learning-curve figures from run directories (train.csv / eval.csv written by the trainer)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from nfhiql_core.errors import NfhiqlError
+from nfhiql_core.metrics import read_csv
+
+TRAIN_PANELS = ("value/loss", "low_actor/log_prob", "high_actor/log_prob")
+
+
+def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
+    """One figure: evaluation success (with 95 % CI) and key training curves, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(TRAIN_PANELS), figsize=(4.2 * (1 + len(TRAIN_PANELS)), 3.4))
+    for run_dir in map(Path, run_dirs):
+        train_csv, eval_csv = run_dir / "train.csv", run_dir / "eval.csv"
+        if not train_csv.exists():
+            raise NfhiqlError(f"{train_csv}: not found (is {run_dir} a training run directory?)")
+        label = run_dir.name
+        if eval_csv.exists():
+            rows = read_csv(eval_csv)
+            steps = [r["step"] for r in rows]
+            success = [r["success"] for r in rows]
+            axes[0].plot(steps, success, marker="o", label=label)
+            axes[0].fill_between(steps, [s - r["ci95"] for s, r in zip(success, rows)],
+                                 [s + r["ci95"] for s, r in zip(success, rows)], alpha=0.2)
+        rows = read_csv(train_csv)
+        for ax, key in zip(axes[1:], TRAIN_PANELS):
+            ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=label)
+    axes[0].set_title("evaluation success")
+    axes[0].set_ylim(0, 1)
+    for ax, key in zip(axes[1:], TRAIN_PANELS):
+        ax.set_title(key)
+    for ax in axes:
+        ax.set_xlabel("gradient step")
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
