@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from nfhiql_core.evaluation import evaluate, write_result  # sets MUJOCO_GL before mujoco loads
+    from nfhiql_core.evaluation import evaluate, write_result
     from nfhiql_core.agent import TorchPolicy
     from nfhiql_core.checkpoint import load_checkpoint
     from nfhiql_core.train import resolve_device

@@ -5,15 +5,12 @@ observation is `info['goal']` after reset, the episode ends on success (`termina
 the time limit, and an episode succeeds if `info['success']` of its last step is true. Per-task
 success is the mean over episodes; overall success is the mean over tasks.
 
-Rendering: MuJoCo picks its OpenGL backend when it is first imported, so this module sets
-`MUJOCO_GL=egl` (if unset) *before* importing ogbench/mujoco. For videos to work on a headless
-machine, import this module before anything else imports mujoco, or export MUJOCO_GL yourself.
+Rendering uses the MuJoCo OpenGL backend chosen when `nfhiql_core` is imported (EGL unless
+MUJOCO_GL is already set; see nfhiql_core/__init__.py).
 """
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first `import mujoco` (via ogbench)
 
 import contextlib
 import math
