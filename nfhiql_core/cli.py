@@ -27,11 +27,14 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    import torch
+
     from nfhiql_core.evaluation import evaluate, write_result
     from nfhiql_core.agent import TorchPolicy
     from nfhiql_core.checkpoint import load_checkpoint
     from nfhiql_core.train import resolve_device
 
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device)
     env = args.env or ckpt.config.get("env")
@@ -96,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the full result (per episode) here")
     p.add_argument("--video", default=None, help="render one extra task-1 episode to this .gif/.mp4")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (small batched nets: 1 is fastest)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_eval)
 

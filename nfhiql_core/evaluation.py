@@ -10,28 +10,24 @@ MUJOCO_GL is already set; see nfhiql_core/__init__.py).
 """
 from __future__ import annotations
 
-import os
-
-import contextlib
 import math
-import re
+import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import gymnasium
 import numpy as np
-import ogbench
 from tqdm.auto import tqdm
 
 from nfhiql_core.atomic_io import atomic_open, save_json
+from nfhiql_core.episodes import VIDEO_SEEDS, Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
 from nfhiql_core.errors import ConfigError, NfhiqlError
 
 VIDEO_FRAME_SKIP = 3  # render every 3rd step, like OGBench's `video_frame_skip`
 VIDEO_FPS = 15
-_EPISODE, _VIDEO = 0, 1  # seed-derivation purposes: counted episodes vs the video episode
 
 
 class PolicyError(NfhiqlError, ValueError):
@@ -55,17 +51,6 @@ class StatefulPolicy(Protocol):
     def reset(self, env_indices: np.ndarray) -> None: ...
 
     def __call__(self, observations: np.ndarray, goals: np.ndarray, env_indices: np.ndarray) -> np.ndarray: ...
-
-
-@dataclass
-class EpisodeRecord:
-    """One evaluated episode."""
-
-    task_id: int
-    episode: int
-    env_seed: int
-    success: bool
-    length: int
 
 
 @dataclass
@@ -95,40 +80,6 @@ class EvalResult:
         return d
 
 
-@dataclass
-class _Running:
-    slot: int
-    env: gymnasium.Env
-    record: EpisodeRecord
-    rng_state: tuple  # this episode's stream of numpy's global RNG (see `_episode_global_rng`)
-    rng_in_step: bool  # whether env.step draws from the global RNG (teleport mazes)
-    obs: np.ndarray | None = None  # set by `_start`
-    goal: np.ndarray | None = None
-
-
-def canonical_env_name(env_name: str) -> str:
-    """Append '-v0' when `env_name` has no version suffix."""
-    return env_name if re.search(r"-v\d+$", env_name) else f"{env_name}-v0"
-
-
-def make_env(env_name: str) -> gymnasium.Env:
-    """Make an OGBench env from an env id or dataset name ('pointmaze-medium[-navigate][-v0]')."""
-    name = canonical_env_name(env_name)
-    try:
-        if name in gymnasium.registry:
-            return gymnasium.make(name)
-        return ogbench.make_env_and_datasets(name, env_only=True)
-    except gymnasium.error.Error:
-        raise ConfigError(
-            f"unknown OGBench environment {env_name!r} (expected e.g. 'pointmaze-medium-navigate-v0')"
-        ) from None
-
-
-def episode_seed(seed: int, task_id: int, episode: int, purpose: int = _EPISODE) -> int:
-    """Env reset seed derived from (seed, task_id, episode), independent of batching."""
-    return int(np.random.SeedSequence(seed, spawn_key=(purpose, task_id, episode)).generate_state(1)[0])
-
-
 def _is_stateful(policy: GoalConditionedPolicy) -> bool:
     return callable(getattr(policy, "reset", None))
 
@@ -139,9 +90,9 @@ def _as_batch(xs: list[np.ndarray]) -> np.ndarray:
     return batch.astype(np.float32) if np.issubdtype(batch.dtype, np.floating) else batch
 
 
-def _query(policy: GoalConditionedPolicy, running: list[_Running], space: gymnasium.spaces.Box) -> np.ndarray:
+def _query(policy: GoalConditionedPolicy, running: list[Episode], space: gymnasium.spaces.Box) -> np.ndarray:
     """Call the policy on the running envs; validate and clip its actions."""
-    obs = _as_batch([r.obs for r in running])
+    obs = _as_batch([r.observation for r in running])
     goals = _as_batch([r.goal for r in running])
     if _is_stateful(policy):
         out = policy(obs, goals, env_indices=np.array([r.slot for r in running]))
@@ -157,46 +108,9 @@ def _query(policy: GoalConditionedPolicy, running: list[_Running], space: gymnas
     return np.clip(actions, space.low, space.high).astype(space.dtype)
 
 
-@contextlib.contextmanager
-def _episode_global_rng(r: _Running) -> Iterator[None]:
-    """Swap in the episode's own state of numpy's global RNG, and restore the caller's afterwards.
-
-    OGBench draws goal jitter (at reset) and teleport exits (at step) from `np.random`, not from
-    the seeded `env.np_random`; giving each episode its own stream keeps results independent of
-    the interleaving of lockstep envs and leaves the caller's global RNG untouched.
-    """
-    outer = np.random.get_state()
-    np.random.set_state(r.rng_state)
-    try:
-        yield
-    finally:
-        r.rng_state = np.random.get_state()
-        np.random.set_state(outer)
-
-
-def _start(env: gymnasium.Env, slot: int, task_id: int, episode: int, seed: int) -> _Running:
-    """Reset `env` for (task_id, episode) and return its running state."""
-    teleports = getattr(env.unwrapped, "_teleport_info", None) is not None
-    rng_state = np.random.RandomState(seed).get_state()
-    r = _Running(slot, env, EpisodeRecord(task_id, episode, seed, False, 0), rng_state, teleports)
-    with _episode_global_rng(r):
-        r.obs, info = env.reset(seed=seed, options=dict(task_id=task_id))
-    r.goal = info["goal"]
-    return r
-
-
 def _reset_policy(policy: GoalConditionedPolicy, slots: list[int]) -> None:
     if slots and _is_stateful(policy):
         policy.reset(np.array(slots))
-
-
-def _step(r: _Running, action: np.ndarray, max_steps: int | None) -> bool:
-    """Step one env; return True when its episode is over (success, time limit or `max_steps`)."""
-    with _episode_global_rng(r) if r.rng_in_step else contextlib.nullcontext():
-        r.obs, _, terminated, truncated, info = r.env.step(action)
-    r.record.length += 1
-    r.record.success = bool(info["success"])
-    return terminated or truncated or (max_steps is not None and r.record.length >= max_steps)
 
 
 def _run_episodes(
@@ -209,7 +123,7 @@ def _run_episodes(
 ) -> list[EpisodeRecord]:
     """Run the (task_id, episode) jobs on the env slots in lockstep; a freed slot takes the next job."""
     space = envs[0].action_space
-    running: list[_Running] = []
+    running: list[Episode] = []
     done: list[EpisodeRecord] = []
 
     def refill(slots: list[int]) -> None:
@@ -217,7 +131,7 @@ def _run_episodes(
         for slot in slots:
             if jobs:
                 task_id, ep = jobs.popleft()
-                running.append(_start(envs[slot], slot, task_id, ep, episode_seed(seed, task_id, ep)))
+                running.append(Episode(envs[slot], task_id, ep, episode_seed(seed, task_id, ep), slot))
                 started.append(slot)
         running.sort(key=lambda r: r.slot)
         _reset_policy(policy, started)
@@ -225,7 +139,7 @@ def _run_episodes(
     refill(list(range(len(envs))))
     while running:
         actions = _query(policy, running, space)
-        finished = [r for r, a in zip(running, actions) if _step(r, a, max_steps)]
+        finished = [r for r, a in zip(running, actions) if r.step(a, max_steps)]
         for r in finished:
             running.remove(r)
             done.append(r.record)
@@ -241,13 +155,13 @@ def _record_video(
 ) -> None:
     """Render one uncounted task-1 episode (every VIDEO_FRAME_SKIP-th step) and write it to `path`."""
     env = make_env(env_name)
-    r = _start(env, 0, 1, 0, episode_seed(seed, 1, 0, _VIDEO))
+    r = Episode(env, 1, 0, episode_seed(seed, 1, 0, VIDEO_SEEDS))
     _reset_policy(policy, [0])
     try:
         frames = [env.render().copy()]
         over = False
         while not over:
-            over = _step(r, _query(policy, [r], env.action_space)[0], max_steps)
+            over = r.step(_query(policy, [r], env.action_space)[0], max_steps)
             if over or r.record.length % VIDEO_FRAME_SKIP == 0:
                 frames.append(env.render().copy())
     finally:

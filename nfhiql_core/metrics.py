@@ -52,7 +52,9 @@ def _drop_rows_after(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines(keepends=True)
-    kept = lines[:1] + [line for line in lines[1:] if int(float(line.split(",", 1)[0])) <= step]
+    # A line without its newline was torn by the crash: drop it with the rows after the checkpoint.
+    kept = lines[:1] + [line for line in lines[1:]
+                        if line.endswith("\n") and int(float(line.split(",", 1)[0])) <= step]
     path.write_text("".join(kept))
 
 

@@ -62,14 +62,20 @@ class TrainConfig:
     sampler: dict[str, Any] = field(default_factory=dict)  # GoalSamplerConfig fields but discount/subgoal_steps
     train: LoopConfig = field(default_factory=LoopConfig)
 
-    def sampler_config(self) -> GoalSamplerConfig:
-        """The goal sampler's config, with discount and subgoal_steps taken from the agent."""
+    def sampler_config(self, source: str = "config") -> GoalSamplerConfig:
+        """The goal sampler's config, with discount and subgoal_steps taken from the agent.
+
+        `source` (the recipe's file name) prefixes error messages.
+        """
         shared = set(_SAMPLER_KEYS_FROM_AGENT) & set(self.sampler)
         if shared:
-            raise ConfigError(f"sampler.{sorted(shared)[0]}: set it in the agent section instead")
+            raise ConfigError(f"{source}: sampler.{sorted(shared)[0]}: set it in the agent section instead")
         values = {**self.sampler, **{k: getattr(self.agent, k) for k in _SAMPLER_KEYS_FROM_AGENT}}
-        config = from_dict(GoalSamplerConfig, values, "config", "sampler.")
-        config.validate()
+        config = from_dict(GoalSamplerConfig, values, source, "sampler.")
+        try:
+            config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         return config
 
 
@@ -77,7 +83,7 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
     """Read a YAML recipe, apply `key.sub=value` overrides and validate it into a TrainConfig."""
     data = apply_overrides(load_yaml(path), overrides)
     config = from_dict(TrainConfig, data, str(path))
-    config.sampler_config()  # validate now, not after the dataset is loaded
+    config.sampler_config(str(path))  # validate now, not after the dataset is loaded
     return config
 
 
@@ -144,6 +150,8 @@ def _prepare_run_dir(run_dir: Path, ckpt_path: Path, resume: bool, force: bool) 
                                     "or --force to start over)")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a kill during a checkpoint write
+        stale.unlink()
 
 
 def _check_same_recipe(saved: dict[str, Any], config: TrainConfig, ckpt_path: Path) -> None:

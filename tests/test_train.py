@@ -1,0 +1,270 @@
+"""Training loop: clean and simulated-crash resume (bitwise), config validation, run-dir protection,
+metrics CSV. Tiny nets on a 2-D random-walk dataset; env=None so no evaluation runs."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import nfhiql_core.train as train_module
+from nfhiql_core.checkpoint import load_checkpoint
+from nfhiql_core.errors import ConfigError, OutputExistsError
+from nfhiql_core.metrics import read_csv
+from nfhiql_core.train import TrainConfig, load_train_config, train
+
+TINY_AGENT = {"actor_hidden_dims": [16], "value_hidden_dims": [16], "flow_hidden_dims": [16],
+              "flow_encode_dim": 8, "flow_blocks": 2, "subgoal_steps": 5}
+LOSS_COLUMNS = ("value/loss", "low_actor/loss", "high_actor/loss", "loss")
+
+
+def make_dataset(path: Path, n_traj: int = 10, length: int = 50, seed: int = 0) -> Path:
+    """OGBench raw layout: terminals = 1 at the last observation of each trajectory."""
+    rng = np.random.default_rng(seed)
+    obs = np.cumsum(rng.normal(0.0, 0.1, (n_traj, length, 2)), axis=1).reshape(-1, 2).astype(np.float32)
+    actions = rng.uniform(-1.0, 1.0, (n_traj * length, 2)).astype(np.float32)
+    terminals = np.zeros((n_traj, length), np.float32)
+    terminals[:, -1] = 1.0
+    np.savez(path, observations=obs, actions=actions, terminals=terminals.reshape(-1))
+    return path
+
+
+def write_recipe(path: Path, run_dir: Path, dataset: Path, **train_overrides) -> Path:
+    recipe = {"run_dir": str(run_dir), "env": None, "seed": 0,
+              "dataset": {"path": str(dataset)}, "agent": dict(TINY_AGENT),
+              "sampler": {"value_p_curgoal": 0.2, "value_p_trajgoal": 0.5, "value_p_randomgoal": 0.3},
+              "train": {"steps": 40, "batch_size": 16, "log_interval": 5, "checkpoint_interval": 10,
+                        "threads": 1, **train_overrides}}
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def config(recipe: Path, run_dir: Path, *overrides: str) -> TrainConfig:
+    return load_train_config(recipe, [f"run_dir={run_dir}", *overrides])
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Recursive bitwise equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensor differs at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def assert_same_checkpoint(path_a: Path, path_b: Path, step: int) -> None:
+    a, b = load_checkpoint(path_a), load_checkpoint(path_b)
+    assert a.step == b.step == step
+    assert_same_state(a.model, b.model, "model")
+    assert_same_state(a.optimizer, b.optimizer, "optimizer")
+    assert a.numpy_rng == b.numpy_rng
+    assert torch.equal(a.torch_rng, b.torch_rng)
+
+
+def assert_same_losses(csv_a: Path, csv_b: Path) -> None:
+    rows_a, rows_b = read_csv(csv_a), read_csv(csv_b)
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        assert {k: v for k, v in ra.items() if k != "steps_per_s"} == \
+               {k: v for k, v in rb.items() if k != "steps_per_s"}, f"row at step {ra['step']} differs"
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Dataset, recipe, and reference run A: 40 steps straight (checkpoint every 10, log every 5)."""
+    root = tmp_path_factory.mktemp("train")
+    dataset = make_dataset(root / "walk.npz")
+    recipe = write_recipe(root / "recipe.yaml", root / "unused", dataset)
+    run_a = root / "A"
+    ckpt = train(config(recipe, run_a), progress=False)
+    assert ckpt == run_a / "checkpoint.pt"
+    return recipe, run_a
+
+
+def test_clean_resume_is_bitwise_identical(setup, tmp_path):
+    recipe, run_a = setup
+    run_b = tmp_path / "B"
+    train(config(recipe, run_b, "train.steps=20"), progress=False)
+    assert load_checkpoint(run_b / "checkpoint.pt").step == 20
+    train(config(recipe, run_b, "train.steps=40"), resume=True, progress=False)
+
+    assert_same_checkpoint(run_a / "checkpoint.pt", run_b / "checkpoint.pt", 40)
+    steps = [r["step"] for r in read_csv(run_b / "train.csv")]
+    assert steps == list(range(5, 41, 5))  # each step exactly once
+    assert_same_losses(run_a / "train.csv", run_b / "train.csv")
+
+
+def test_resume_after_crash_drops_lost_rows(setup, tmp_path, monkeypatch):
+    """A crash right before the step-30 checkpoint: rows 25 and 30 are in the CSV, the checkpoint
+    is at 20; resuming must drop those rows and redo the work identically."""
+    recipe, run_a = setup
+    run_b = tmp_path / "B"
+    real_save = train_module.save_checkpoint
+
+    def crash_at_30(path, agent, cfg, step, rng):
+        if step == 30:
+            raise KeyboardInterrupt("simulated crash")
+        real_save(path, agent, cfg, step, rng)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_at_30)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(recipe, run_b), progress=False)
+    monkeypatch.undo()
+    assert load_checkpoint(run_b / "checkpoint.pt").step == 20
+    assert [r["step"] for r in read_csv(run_b / "train.csv")][-2:] == [25, 30]
+
+    train(config(recipe, run_b), resume=True, progress=False)
+    assert_same_checkpoint(run_a / "checkpoint.pt", run_b / "checkpoint.pt", 40)
+    assert [r["step"] for r in read_csv(run_b / "train.csv")] == list(range(5, 41, 5))
+    assert_same_losses(run_a / "train.csv", run_b / "train.csv")
+
+
+def test_metrics_csv_header_and_finite_values(setup):
+    _, run_a = setup
+    path = run_a / "train.csv"
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[0] == "step" and header[-1] == "steps_per_s"
+    for column in ("value/loss", "value/v_mean", "low_actor/loss", "low_actor/log_prob",
+                   "high_actor/loss", "high_actor/log_prob", "loss"):
+        assert column in header
+    assert len(set(header)) == len(header)
+    rows = read_csv(path)
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))
+    for row in rows:
+        assert list(row) == header
+        assert all(math.isfinite(v) for v in row.values()), row
+        assert row["steps_per_s"] > 0
+        assert row["loss"] == pytest.approx(row["value/loss"] + row["low_actor/loss"] + row["high_actor/loss"],
+                                            rel=1e-5, abs=1e-5)
+
+
+def test_written_config_yaml_reloads_to_the_same_recipe(setup):
+    recipe, run_a = setup
+    assert load_train_config(run_a / "config.yaml") == config(recipe, run_a)
+
+
+# ------------------------------------------------------------------ config validation
+def config_error(recipe: Path, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_train_config(recipe, list(overrides))
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    # load_train_config does not read the dataset: no file needed
+    return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", tmp_path / "walk.npz")
+
+
+def test_unknown_key_in_override_names_file_and_dotted_key(recipe):
+    message = config_error(recipe, "agent.polcy=flow")
+    assert str(recipe) in message and "agent.polcy" in message
+
+
+def test_unknown_key_in_yaml_names_file_and_dotted_key(recipe):
+    data = yaml.safe_load(recipe.read_text())
+    data["train"]["stpes"] = 10
+    recipe.write_text(yaml.safe_dump(data))
+    message = config_error(recipe)
+    assert str(recipe) in message and "train.stpes" in message
+    data["train"].pop("stpes")
+    data["trian"] = {}
+    recipe.write_text(yaml.safe_dump(data))
+    assert "trian" in config_error(recipe)
+
+
+def test_wrong_type_and_bad_values(recipe):
+    message = config_error(recipe, "train.steps=abc")
+    assert str(recipe) in message and "train.steps" in message and "abc" in message
+    assert "train.batch_size" in config_error(recipe, "train.batch_size=true")  # bool is not an int
+    message = config_error(recipe, "agent.policy=banana")
+    assert str(recipe) in message and "banana" in message and "policy" in message
+    assert "steps" in config_error(recipe, "train.steps=0")
+    assert "dataset.path" in config_error(recipe, "dataset={}")
+
+
+def test_bad_override_syntax(recipe):
+    message = config_error(recipe, "foo")
+    assert "'foo'" in message and "key.sub=value" in message
+    assert "'=1'" in config_error(recipe, "=1")
+    assert "seed" in config_error(recipe, "seed.x=1")  # seed is not a section
+
+
+def test_sampler_probabilities_must_sum_to_one(recipe):
+    message = config_error(recipe, "sampler.value_p_curgoal=0.5")
+    assert "value_p_curgoal" in message and "sum to 1" in message
+    load_train_config(recipe, ["sampler.value_p_curgoal=0.5", "sampler.value_p_randomgoal=0.0"])  # sums to 1
+
+
+def test_sampler_discount_points_to_agent_section(recipe):
+    for key in ("discount", "subgoal_steps"):
+        message = config_error(recipe, f"sampler.{key}=5")
+        assert f"sampler.{key}" in message and "agent section" in message
+    assert "sampler.typo" in config_error(recipe, "sampler.typo=1")
+
+
+def test_sampler_errors_name_the_file(recipe):
+    for override in ("sampler.value_p_curgoal=0.5", "sampler.discount=0.9", "sampler.typo=1"):
+        assert str(recipe) in config_error(recipe, override)
+
+
+# ------------------------------------------------------------------ run-dir protection
+def test_run_dir_protection_force_and_changed_recipe(setup, tmp_path):
+    recipe, _ = setup
+    run = tmp_path / "run"
+    cfg = config(recipe, run, "train.steps=10")
+    train(cfg, progress=False)
+    before = snapshot(run)
+    assert {"checkpoint.pt", "config.yaml", "train.csv"} <= set(before)
+
+    with pytest.raises(OutputExistsError, match="--resume") as e:
+        train(cfg, progress=False)
+    assert str(run) in str(e.value)
+    assert snapshot(run) == before  # nothing touched
+
+    with pytest.raises(ConfigError, match="mutually exclusive"):
+        train(cfg, resume=True, force=True, progress=False)
+    assert snapshot(run) == before
+
+    changed = config(recipe, run, "train.steps=20", "agent.expectile=0.8")
+    with pytest.raises(ConfigError, match="'agent' differs") as e:
+        train(changed, resume=True, progress=False)
+    assert str(run / "checkpoint.pt") in str(e.value)
+    assert snapshot(run) == before
+    other_seed = config(recipe, run, "train.steps=20", "seed=1")
+    with pytest.raises(ConfigError, match="'seed' differs"):
+        train(other_seed, resume=True, progress=False)
+    assert snapshot(run) == before
+
+    (run / "notes.txt").write_text("stale")
+    train(config(recipe, run, "train.steps=5"), force=True, progress=False)
+    assert not (run / "notes.txt").exists()
+    assert load_checkpoint(run / "checkpoint.pt").step == 5
+    assert [r["step"] for r in read_csv(run / "train.csv")] == [5]
+
+
+def test_non_empty_dir_without_checkpoint_is_protected(setup, tmp_path):
+    recipe, _ = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    with pytest.raises(OutputExistsError):
+        train(config(recipe, run, "train.steps=5"), progress=False)
+    assert snapshot(run) == {"keep.txt": b"precious"}
