@@ -1,12 +1,16 @@
-"""`nfhiql` command line: one verb per job (datagen, train, eval, plot, bench)."""
+"""`nfhiql` command line: one verb per job (datagen, train, eval, export, plot, bench)."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from nfhiql_core.errors import NfhiqlError
+
+if TYPE_CHECKING:
+    from nfhiql_core.evaluation import EvalResult
 
 
 def _datagen(args: argparse.Namespace) -> None:
@@ -29,11 +33,13 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
-    from nfhiql_core.evaluation import evaluate, write_result
+    from nfhiql_core.evaluation import evaluate
     from nfhiql_core.agent import TorchPolicy
     from nfhiql_core.checkpoint import load_checkpoint
     from nfhiql_core.train import resolve_device
 
+    if Path(args.checkpoint).is_dir():
+        return _eval_bundle(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device)
@@ -43,12 +49,54 @@ def _eval(args: argparse.Namespace) -> None:
     agent = ckpt.build_agent(device).eval()
     result = evaluate(TorchPolicy(agent, args.temperature, args.seed), env, episodes_per_task=args.episodes,
                       seed=args.seed, num_envs=args.num_envs, video_path=args.video, progress=not args.quiet)
+    _report_eval(args, result, ckpt.step)
+
+
+def _eval_bundle(args: argparse.Namespace) -> None:
+    from nfhiql_core.bundle_eval import evaluate_bundle
+    from nfhiql_core.runtime import DEFAULT_PROVIDERS, PolicyRuntime
+
+    runtime = PolicyRuntime(args.checkpoint, args.providers or DEFAULT_PROVIDERS, args.require_provider,
+                            intra_op_threads=args.threads, temperature=args.temperature, seed=args.seed)
+    result = evaluate_bundle(runtime, args.env, args.replan_every, episodes_per_task=args.episodes, seed=args.seed,
+                             num_envs=args.num_envs, video_path=args.video, progress=not args.quiet)
+    _report_eval(args, result, runtime.metadata.step, replan_every=args.replan_every, providers=runtime.providers)
+
+
+def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **extra: object) -> None:
+    from nfhiql_core.evaluation import write_result
+
     if args.json:
         write_result(result, args.json)
-    summary = {"env": result.env_name, "step": ckpt.step, "success": round(result.success, 4),
+    summary = {"env": result.env_name, "step": step, **extra, "success": round(result.success, 4),
                "ci95": round(result.ci95, 4), "per_task": result.per_task_success,
                "episodes_per_task": result.episodes_per_task, "wall_time_s": round(result.wall_time_s, 1)}
     print(json.dumps(summary))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from nfhiql_core.export import export_bundle
+
+    meta = export_bundle(args.checkpoint, args.output, env=args.env, control_period_s=args.control_period,
+                         force=args.force, atol=args.atol)
+    print(json.dumps({"bundle": args.output, "env": meta.env, "step": meta.step, "policy": meta.policy,
+                      "subgoal_space": meta.subgoal_space, "control_period_s": meta.control_period_s,
+                      "parity_max_abs_diff": meta.parity.max_abs_diff}))
+
+
+def _bench_inference(args: argparse.Namespace) -> None:
+    from nfhiql_core.bench_inference import bench_inference
+
+    bench_inference(args.bundle, calls=args.calls, warmup=args.warmup, checkpoint=args.checkpoint,
+                    providers=args.providers, threads=args.threads)
+
+
+def _bench_replan(args: argparse.Namespace) -> None:
+    from nfhiql_core.bundle_eval import replan_table
+    from nfhiql_core.runtime import PolicyRuntime
+
+    replan_table(PolicyRuntime(args.bundle, args.providers), args.env, args.intervals, episodes_per_task=args.episodes,
+                 seed=args.seed, num_envs=args.num_envs, progress=not args.quiet)
 
 
 def _bench_train(args: argparse.Namespace) -> None:
@@ -89,8 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint with the OGBench protocol")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="evaluate a checkpoint or a bundle directory with the OGBench protocol")
+    p.add_argument("checkpoint", help="checkpoint file, or bundle directory (run through ONNX Runtime)")
     p.add_argument("--env", default=None, help="default: the env in the checkpoint's recipe")
     p.add_argument("--episodes", type=int, default=50, help="episodes per task")
     p.add_argument("--seed", type=int, default=0)
@@ -100,8 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", default=None, help="render one extra task-1 episode to this .gif/.mp4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small batched nets: 1 is fastest)")
+    p.add_argument("--replan-every", type=int, default=1, help="bundles: re-plan every N steps")
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="bundles: ONNX Runtime providers in priority order (default: CUDA, CPU)")
+    p.add_argument("--require-provider", action="append", default=[],
+                   help="bundles: fail unless this provider actually runs (repeatable)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint to a self-verified ONNX policy bundle")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True, help="bundle directory")
+    p.add_argument("--env", default=None, help="default: the env in the checkpoint's recipe")
+    p.add_argument("--control-period", type=float, default=None, help="seconds (default: the env's)")
+    p.add_argument("--atol", type=float, default=1e-5, help="ORT vs torch parity tolerance")
+    p.add_argument("--force", action="store_true", help="replace a non-empty bundle directory")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("plot", help="learning curves (eval success, losses) of one or more runs")
     p.add_argument("run_dirs", nargs="+")
@@ -118,6 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     b.add_argument("--device", default="auto")
     b.set_defaults(func=_bench_train)
+    b = bench.add_parser("inference", help="batch-1 latency of plan/act, ONNX Runtime vs torch eager")
+    b.add_argument("bundle")
+    b.add_argument("--calls", type=int, default=10_000)
+    b.add_argument("--warmup", type=int, default=500)
+    b.add_argument("--checkpoint", default=None, help="default: the bundle's source checkpoint")
+    b.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
+    b.add_argument("--threads", type=int, default=1, help="ORT intra-op and torch threads")
+    b.set_defaults(func=_bench_inference)
+    b = bench.add_parser("replan", help="success vs re-plan interval, through a bundle")
+    b.add_argument("bundle")
+    b.add_argument("--env", default=None, help="default: the bundle's env")
+    b.add_argument("--intervals", type=int, nargs="+", default=[1, 5, 10, 25])
+    b.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--num-envs", type=int, default=None)
+    b.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_bench_replan)
     return parser
 
 

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from nfhiql_core.checkpoint import load_checkpoint
+from recipes import make_dataset, write_recipe
 from nfhiql_core.cli import main
 from nfhiql_core.metrics import read_csv
 from nfhiql_core.train import load_train_config, train
@@ -23,30 +24,6 @@ NFHIQL = str(Path(sys.executable).with_name("nfhiql"))
 # One torch thread in the child processes: on a busy 2-core machine torch's default thread pool
 # makes tiny-model runs (eval especially) tens of times slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-TINY_AGENT = {"actor_hidden_dims": [16], "value_hidden_dims": [16], "flow_hidden_dims": [16],
-              "flow_encode_dim": 8, "flow_blocks": 2, "subgoal_steps": 5}
-
-
-def make_dataset(path: Path, n_traj: int = 10, length: int = 50, nan_at: int | None = None) -> Path:
-    """OGBench raw layout (2-D observations and actions, like pointmaze)."""
-    rng = np.random.default_rng(0)
-    obs = np.cumsum(rng.normal(0.0, 0.1, (n_traj, length, 2)), axis=1).reshape(-1, 2).astype(np.float32)
-    if nan_at is not None:
-        obs[nan_at, 1] = np.nan
-    actions = rng.uniform(-1.0, 1.0, (n_traj * length, 2)).astype(np.float32)
-    terminals = np.zeros((n_traj, length), np.float32)
-    terminals[:, -1] = 1.0
-    np.savez(path, observations=obs, actions=actions, terminals=terminals.reshape(-1))
-    return path
-
-
-def write_recipe(path: Path, run_dir: Path, dataset: Path, **train_overrides) -> Path:
-    recipe = {"run_dir": str(run_dir), "env": None, "seed": 0, "dataset": {"path": str(dataset)},
-              "agent": dict(TINY_AGENT),
-              "train": {"steps": 40, "batch_size": 16, "log_interval": 10, "checkpoint_interval": 10,
-                        "threads": 1, **train_overrides}}
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
 
 
 def nfhiql(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

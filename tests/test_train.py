@@ -12,34 +12,12 @@ import yaml
 
 import nfhiql_core.train as train_module
 from nfhiql_core.checkpoint import load_checkpoint
+from recipes import make_dataset, write_recipe
 from nfhiql_core.errors import ConfigError, OutputExistsError
 from nfhiql_core.metrics import read_csv
 from nfhiql_core.train import TrainConfig, load_train_config, train
 
-TINY_AGENT = {"actor_hidden_dims": [16], "value_hidden_dims": [16], "flow_hidden_dims": [16],
-              "flow_encode_dim": 8, "flow_blocks": 2, "subgoal_steps": 5}
 LOSS_COLUMNS = ("value/loss", "low_actor/loss", "high_actor/loss", "loss")
-
-
-def make_dataset(path: Path, n_traj: int = 10, length: int = 50, seed: int = 0) -> Path:
-    """OGBench raw layout: terminals = 1 at the last observation of each trajectory."""
-    rng = np.random.default_rng(seed)
-    obs = np.cumsum(rng.normal(0.0, 0.1, (n_traj, length, 2)), axis=1).reshape(-1, 2).astype(np.float32)
-    actions = rng.uniform(-1.0, 1.0, (n_traj * length, 2)).astype(np.float32)
-    terminals = np.zeros((n_traj, length), np.float32)
-    terminals[:, -1] = 1.0
-    np.savez(path, observations=obs, actions=actions, terminals=terminals.reshape(-1))
-    return path
-
-
-def write_recipe(path: Path, run_dir: Path, dataset: Path, **train_overrides) -> Path:
-    recipe = {"run_dir": str(run_dir), "env": None, "seed": 0,
-              "dataset": {"path": str(dataset)}, "agent": dict(TINY_AGENT),
-              "sampler": {"value_p_curgoal": 0.2, "value_p_trajgoal": 0.5, "value_p_randomgoal": 0.3},
-              "train": {"steps": 40, "batch_size": 16, "log_interval": 5, "checkpoint_interval": 10,
-                        "threads": 1, **train_overrides}}
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
 
 
 def config(recipe: Path, run_dir: Path, *overrides: str) -> TrainConfig:
@@ -89,7 +67,7 @@ def setup(tmp_path_factory):
     """Dataset, recipe, and reference run A: 40 steps straight (checkpoint every 10, log every 5)."""
     root = tmp_path_factory.mktemp("train")
     dataset = make_dataset(root / "walk.npz")
-    recipe = write_recipe(root / "recipe.yaml", root / "unused", dataset)
+    recipe = write_recipe(root / "recipe.yaml", root / "unused", dataset, log_interval=5)
     run_a = root / "A"
     ckpt = train(config(recipe, run_a), progress=False)
     assert ckpt == run_a / "checkpoint.pt"
@@ -170,7 +148,7 @@ def config_error(recipe: Path, *overrides: str) -> str:
 @pytest.fixture
 def recipe(tmp_path) -> Path:
     # load_train_config does not read the dataset: no file needed
-    return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", tmp_path / "walk.npz")
+    return write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", tmp_path / "walk.npz", log_interval=5)
 
 
 def test_unknown_key_in_override_names_file_and_dotted_key(recipe):

@@ -1,0 +1,264 @@
+"""`nfhiql export`: checkpoint → self-verified policy bundle (see `nfhiql_core.bundle` for the layout).
+
+The two levels are exported in the sampling direction only, with the noise z as an input and a
+dynamic batch dimension, by torch's dynamo exporter as single-file models (`external_data=False`;
+the legacy TorchScript exporter cannot export the flow's `torch.diag`). Before anything is
+published, ONNX Runtime (CPU) is checked against torch on the same inputs (batch 1, 7, 64;
+z = 0 and z ~ N(0, I)); the bundle is built in a temporary directory beside the target and renamed
+into place only if, for every output, max |ORT − torch| ≤ atol + 2 · max |torch − torch float64|,
+so a failed export writes nothing. The second term is float32's own rounding error on those inputs:
+tiny for small nets (the check is then the plain 1e-5), but on a trained pointmaze high level torch
+float32 itself is up to ~1e-5 away from float64 on the log-likelihood, where a bare 1e-5 would
+reject correct exports at random.
+
+The high-level graph includes the rep-space length normalisation (as `HIQLAgent.plan`); the
+low-level graph outputs the raw action: the runtime clips it to the bundle's bounds.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+from torch import nn
+
+import nfhiql_core
+from nfhiql_core.agent import HIQLAgent
+from nfhiql_core.atomic_io import save_json
+from nfhiql_core.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sha256_file
+from nfhiql_core.checkpoint import load_checkpoint
+from nfhiql_core.config import from_dict, to_dict
+from nfhiql_core.errors import NfhiqlError, OutputExistsError
+from nfhiql_core.networks import length_normalize
+from nfhiql_core.runtime import LevelSession
+
+OPSET = 18
+PARITY_ATOL = 1e-5
+PARITY_BATCH_SIZES = (1, 7, 64)
+PARITY_OBS_SCALE = 10.0  # observations/goals ~ N(0, 10²): covers maze coordinates (0..~30)
+INPUTS = {"high": ("observation", "goal", "z"), "low": ("observation", "subgoal", "z")}
+OUTPUTS = {"high": ("subgoal", "log_prob"), "low": ("action", "log_prob")}
+# Names of OGBench observation/action components, by env family (others get obs_0.., action_0..).
+KNOWN_NAMES = {"pointmaze": (("x", "y"), ("dx", "dy"))}
+
+
+class ExportError(NfhiqlError):
+    """Export failed (e.g. ONNX Runtime and torch disagree); nothing was written."""
+
+
+class HighLevelPolicy(nn.Module):
+    """(observation, goal, z) → (subgoal, log_prob): `HIQLAgent.plan` as a module."""
+
+    def __init__(self, agent: HIQLAgent):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, observation: torch.Tensor, goal: torch.Tensor,
+                z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.agent.plan(observation, goal, z)
+
+
+class LowLevelPolicy(nn.Module):
+    """(observation, subgoal, z) → (raw action, log_prob): `HIQLAgent.act` without the clipping."""
+
+    def __init__(self, agent: HIQLAgent):
+        super().__init__()
+        self.actor = agent.low_actor
+
+    def forward(self, observation: torch.Tensor, subgoal: torch.Tensor,
+                z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor.sample_with_log_prob(torch.cat([observation, subgoal], -1), z)
+
+
+def level_modules(agent: HIQLAgent) -> dict[str, nn.Module]:
+    """The two exported modules of an agent, in eval mode."""
+    return {"high": HighLevelPolicy(agent).eval(), "low": LowLevelPolicy(agent).eval()}
+
+
+def level_inputs(agent: HIQLAgent, level: str, batch: int, random_z: bool,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (observation, goal|subgoal, z) for a level; rep-space subgoals are length-normalised."""
+    def normal(dim: int, scale: float = 1.0) -> torch.Tensor:
+        return scale * torch.randn(batch, dim, generator=generator)
+
+    obs = normal(agent.obs_dim, PARITY_OBS_SCALE)
+    if level == "low" and agent.config.subgoal_space == "rep":
+        condition = length_normalize(normal(agent.subgoal_dim))
+    else:  # a goal or a state-space subgoal: both are observations
+        condition = normal(agent.obs_dim, PARITY_OBS_SCALE)
+    z_dim = agent.subgoal_dim if level == "high" else agent.action_dim
+    return obs, condition, normal(z_dim) if random_z else torch.zeros(batch, z_dim)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the dynamo exporter's warnings and log lines (parity is checked explicitly)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_level(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, level: str, opset: int) -> None:
+    """Export one level to a single-file ONNX model with a dynamic batch dimension."""
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet_exporter():
+        torch.onnx.export(module, example, str(path), input_names=list(INPUTS[level]),
+                          output_names=list(OUTPUTS[level]), dynamic_shapes=tuple({0: batch} for _ in example),
+                          opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def parity_diffs(agent: HIQLAgent, level: str, session: LevelSession, batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Per output of a level: (max |ORT − torch|, max |torch − torch float64|) on the same inputs,
+    over each batch size with z = 0 and z ~ N(0, I)."""
+    module, module64 = level_modules(agent)[level], level_modules(copy.deepcopy(agent).double())[level]
+    generator = torch.Generator().manual_seed(seed)
+    worst = {name: (0.0, 0.0) for name in OUTPUTS[level]}
+    for batch in batch_sizes:
+        for random_z in (False, True):
+            inputs = level_inputs(agent, level, batch, random_z, generator)
+            with torch.no_grad():
+                expected = [e.numpy() for e in module(*inputs)]
+                exact = [e.numpy() for e in module64(*(x.double() for x in inputs))]
+            got = session.run(*(x.numpy() for x in inputs))
+            for name, g, e, e64 in zip(OUTPUTS[level], got, expected, exact):
+                diff, noise = float(np.abs(g - e).max()), float(np.abs(e - e64).max())
+                worst[name] = (max(worst[name][0], diff), max(worst[name][1], noise))
+    return worst
+
+
+def control_period(env: Any) -> float | None:
+    """Seconds per env step: manipspace's `control_timestep()`, else MuJoCo's `dt`, else None."""
+    unwrapped = env.unwrapped
+    if callable(getattr(unwrapped, "control_timestep", None)):
+        return float(unwrapped.control_timestep())
+    dt = getattr(unwrapped, "dt", None)
+    return None if dt is None else float(dt)
+
+
+def _env_description(env_name: str | None, obs_dim: int, action_dim: int) -> dict[str, Any]:
+    """Names, action bounds and control period of an OGBench env (without one: generic names,
+    bounds [-1, 1] as `HIQLAgent.act` clips to, unknown period)."""
+    family = (env_name or "").split("-")[0]
+    obs_names, action_names = KNOWN_NAMES.get(family, (None, None))
+    desc = {"observation_names": obs_names or tuple(f"obs_{i}" for i in range(obs_dim)),
+            "action_names": action_names or tuple(f"action_{i}" for i in range(action_dim)),
+            "action_low": (-1.0,) * action_dim, "action_high": (1.0,) * action_dim, "control_period_s": None}
+    if env_name is None:
+        return desc
+    from nfhiql_core.episodes import make_env  # imports ogbench: only when an env is named
+
+    env = make_env(env_name)
+    try:
+        if env.observation_space.shape != (obs_dim,) or env.action_space.shape != (action_dim,):
+            raise ExportError(f"env {env_name} has observation/action shapes {env.observation_space.shape}/"
+                              f"{env.action_space.shape}, the checkpoint ({obs_dim},)/({action_dim},)")
+        desc.update(action_low=tuple(env.action_space.low.tolist()), action_high=tuple(env.action_space.high.tolist()),
+                    control_period_s=control_period(env))
+    finally:
+        env.close()
+    return desc
+
+
+def _check_output(path: Path, force: bool) -> None:
+    if path.exists() and (path.is_file() or any(path.iterdir())) and not force:
+        raise OutputExistsError(f"{path}: already exists and is not empty (pass --force to overwrite)")
+
+
+def _publish(tmp: Path, path: Path, force: bool) -> None:
+    """fsync the files of `tmp`, then rename it to `path` (replacing an old bundle if `force`)."""
+    for file in tmp.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    _check_output(path, force)
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}") if path.exists() else None
+    if old is not None:
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _write_models(agent: HIQLAgent, tmp: Path, opset: int, atol: float) -> tuple[dict[str, ModelInfo], ParityReport]:
+    """Export both levels into `tmp` and verify them against torch; ExportError if they differ."""
+    models, diffs = {}, {}
+    generator = torch.Generator().manual_seed(0)
+    for level, module in level_modules(agent).items():
+        path = tmp / f"{level}.onnx"
+        export_level(module, level_inputs(agent, level, 2, True, generator), path, level, opset)
+        models[level] = ModelInfo(path.name, sha256_file(path), INPUTS[level], OUTPUTS[level])
+        session = LevelSession(path, models[level], providers=["CPUExecutionProvider"])
+        diffs.update({f"{level}.{name}": d for name, d in parity_diffs(agent, level, session).items()})
+    for name, (diff, noise) in diffs.items():
+        if not diff <= atol + 2 * noise:
+            raise ExportError(f"ONNX model disagrees with torch on {name}: max abs diff {diff:.3g} > "
+                              f"{atol:g} + 2 * {noise:.3g} (torch float32 error); nothing written")
+    return models, ParityReport(atol, PARITY_BATCH_SIZES, {k: d[0] for k, d in diffs.items()},
+                                {k: d[1] for k, d in diffs.items()})
+
+
+def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, env: str | None = None,
+                  control_period_s: float | None = None, force: bool = False, opset: int = OPSET,
+                  atol: float = PARITY_ATOL) -> BundleMetadata:
+    """Export `checkpoint` to a verified bundle at `output_dir` and return its metadata.
+
+    `env` defaults to the env in the checkpoint's recipe; `control_period_s` defaults to that env's
+    control period. Refuses a non-empty `output_dir` unless `force`.
+    """
+    out = Path(output_dir)
+    _check_output(out, force)
+    ckpt = load_checkpoint(checkpoint)
+    agent = ckpt.build_agent("cpu").eval()
+    env_name = env or ckpt.config.get("env")
+    desc = _env_description(env_name, agent.obs_dim, agent.action_dim)
+    if control_period_s is not None:
+        desc["control_period_s"] = control_period_s
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(parents=True)  # beside the target (same file system: the final rename is atomic)
+    try:
+        models, parity = _write_models(agent, tmp, opset, atol)
+        metadata = _metadata(agent, ckpt.config, ckpt.step, Path(checkpoint), env_name, desc, models, parity, opset)
+        save_json(tmp / "bundle.json", to_dict(metadata))
+        load_bundle(tmp)  # what a runtime will check, before publishing
+        _publish(tmp, out, force)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return metadata
+
+
+def _metadata(agent: HIQLAgent, config: dict[str, Any], step: int, checkpoint: Path, env_name: str | None,
+              desc: dict[str, Any], models: dict[str, ModelInfo], parity: ParityReport, opset: int) -> BundleMetadata:
+    c = agent.config
+    normalization = ({"kind": "length", "norm": math.sqrt(agent.subgoal_dim), "eps": 1e-6, "applied_in": "high.onnx"}
+                     if c.subgoal_space == "rep" else None)
+    data = {
+        "format": FORMAT, "policy": c.policy, "subgoal_space": c.subgoal_space,
+        "obs_dim": agent.obs_dim, "goal_dim": agent.obs_dim, "subgoal_dim": agent.subgoal_dim,
+        "action_dim": agent.action_dim, "goal_names": desc["observation_names"], **desc,
+        "subgoal_steps": c.subgoal_steps, "subgoal_normalization": normalization, "env": env_name,
+        "step": step, "opset": opset, **{level: to_dict(models[level]) for level in LEVELS},
+        "source_checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
+        "parity": to_dict(parity),
+        "versions": {"nfhiql": nfhiql_core.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        "training_config": config,
+    }
+    return from_dict(BundleMetadata, to_dict(data), "bundle metadata")

@@ -1,0 +1,123 @@
+"""`export_bundle`: round-trip parity, metadata, single-file models, atomic publishing."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import nfhiql_core.export as export_module
+from bundle_helpers import KINDS, MAZE, exported, fitted_agent
+from nfhiql_core.bundle import FORMAT, load_bundle, sha256_file
+from nfhiql_core.checkpoint import CheckpointError, load_checkpoint
+from nfhiql_core.errors import OutputExistsError
+from nfhiql_core.export import ExportError, export_bundle
+from nfhiql_core.runtime import PolicyRuntime
+
+
+@pytest.mark.parametrize("policy,space", KINDS)
+def test_runtime_matches_torch_agent(policy: str, space: str) -> None:
+    """ORT (through the runtime) vs HIQLAgent.plan/act: batch 1, 7, 64; z = 0 and random z."""
+    agent = fitted_agent(policy, space)
+    runtime = PolicyRuntime(exported(policy, space)[1], ["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for batch in (1, 7, 64):
+        for z_scale in (0.0, 1.0):
+            obs, goals = (rng.uniform(-2, 22, (batch, 2)).astype(np.float32) for _ in range(2))
+            z_high, z_low = (z_scale * rng.standard_normal((batch, d)).astype(np.float32)
+                             for d in (agent.subgoal_dim, 2))
+            subgoal, lp_high = agent.plan(*map(torch.from_numpy, (obs, goals, z_high)))
+            action, lp_low = agent.act(torch.from_numpy(obs), subgoal, torch.from_numpy(z_low))
+            got_plan = runtime.plan(obs, goals, z_high)
+            got_act = runtime.act(obs, subgoal.numpy(), z_low)
+            pairs = [(got_plan.subgoal, subgoal), (got_plan.log_prob, lp_high), (got_act.action, action),
+                     (got_act.log_prob, lp_low)]
+            worst = max(worst, *(float(np.abs(g - e.numpy()).max()) for g, e in pairs))
+    assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("policy,space", KINDS)
+def test_metadata_complete(policy: str, space: str) -> None:
+    checkpoint, bundle_dir = exported(policy, space)
+    meta = load_bundle(bundle_dir).metadata
+    ckpt = load_checkpoint(checkpoint)
+    assert meta.format == FORMAT and (meta.policy, meta.subgoal_space) == (policy, space)
+    assert (meta.obs_dim, meta.goal_dim, meta.subgoal_dim, meta.action_dim) == (2, 2, 2, 2)  # rep_dim 2
+    assert meta.observation_names == meta.goal_names == ("x", "y") and meta.action_names == ("dx", "dy")
+    assert meta.action_low == (-1.0, -1.0) and meta.action_high == (1.0, 1.0)
+    assert meta.subgoal_steps == 10 and meta.control_period_s == pytest.approx(0.1)
+    if space == "rep":
+        assert meta.subgoal_normalization["kind"] == "length"
+        assert meta.subgoal_normalization["norm"] == pytest.approx(math.sqrt(2))
+    else:
+        assert meta.subgoal_normalization is None
+    assert meta.env == MAZE and meta.step == ckpt.step == 300 and meta.training_config == ckpt.config
+    assert meta.source_checkpoint.sha256 == sha256_file(checkpoint)
+    assert meta.high.sha256 == sha256_file(bundle_dir / "high.onnx")
+    assert meta.low.sha256 == sha256_file(bundle_dir / "low.onnx")
+    assert meta.opset == export_module.OPSET and {"torch", "onnx", "onnxruntime", "nfhiql"} <= set(meta.versions)
+    assert meta.parity.batch_sizes == (1, 7, 64)
+    assert set(meta.parity.max_abs_diff) == {"high.subgoal", "high.log_prob", "low.action", "low.log_prob"}
+    assert max(meta.parity.max_abs_diff.values()) <= 1e-5
+    raw = json.loads((bundle_dir / "bundle.json").read_text())
+    assert raw["source_checkpoint"]["path"] == str(checkpoint.resolve())
+
+
+def test_models_are_single_file_with_dynamic_batch() -> None:
+    bundle_dir = exported("flow", "rep")[1]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "high.onnx", "low.onnx"]
+    runtime = PolicyRuntime(bundle_dir, ["CPUExecutionProvider"])
+    for level, names in (("high", ["observation", "goal", "z"]), ("low", ["observation", "subgoal", "z"])):
+        model = onnx.load(str(bundle_dir / f"{level}.onnx"), load_external_data=False)
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        inputs = runtime.levels[level].session.get_inputs()
+        assert [i.name for i in inputs] == names
+        assert all(isinstance(i.shape[0], str) for i in inputs)  # symbolic batch dimension
+
+
+def test_refuses_non_empty_output_unless_forced(tmp_path) -> None:
+    checkpoint = exported("gaussian", "state")[0]
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError):
+        export_bundle(checkpoint, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    export_bundle(checkpoint, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "high.onnx", "low.onnx"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no temporary or old directories left
+
+
+class _Shifted(nn.Module):
+    """An 'exporter bug': the wrapped level's sample is off by 1e-3."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, observation: torch.Tensor, condition: torch.Tensor, z: torch.Tensor):
+        out, log_prob = self.module(observation, condition, z)
+        return out + 1e-3, log_prob
+
+
+def test_failed_parity_check_writes_nothing(tmp_path, monkeypatch) -> None:
+    checkpoint = exported("gaussian", "state")[0]
+    real = export_module.export_level
+    monkeypatch.setattr(export_module, "export_level",
+                        lambda module, *args: real(_Shifted(module) if args[2] == "low" else module, *args))
+    with pytest.raises(ExportError) as e:
+        export_bundle(checkpoint, tmp_path / "bundle")
+    assert "low.action" in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoint_is_one_line_error(tmp_path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as e:
+        export_bundle(tmp_path / "bad.pt", tmp_path / "bundle")
+    assert "\n" not in str(e.value) and not (tmp_path / "bundle").exists()
