@@ -55,8 +55,9 @@ class AgentConfig:
     flow_encode_dim: int = 64
     flow_max_log_scale: float = 3.0
     flow_noise_std: float = 0.1
-    # bfloat16 runs the hidden layers of every network in bf16 autocast during training (output
-    # layers, losses and optimizer stay float32): ~2.7x faster matmuls on CPUs with AVX512-BF16.
+    # bfloat16 runs the hidden layers of the value ensemble and φ in bf16 autocast during training
+    # (output layers, policies, losses and optimizer stay float32): ~2.7x faster matmuls on CPUs
+    # with AVX512-BF16 and on GPUs.
     compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -133,14 +134,17 @@ class HIQLAgent(nn.Module):
         v = self.value(obs, rep_goal)
         value_loss, value_info = self._value_loss(batch, v, next_v_target, v_target)
 
-        low_adv = v_next_low - v_low
-        low_context = torch.cat([obs, rep_low if c.subgoal_space == "rep" else low_goals], dim=-1)
-        low_loss, low_info = self._actor_loss(self.low_actor, batch["actions"], low_context, low_adv, c.low_alpha)
-
-        high_adv = v_target_high - v_high
-        high_target = rep_subgoal if c.subgoal_space == "rep" else high_targets
-        high_context = torch.cat([obs, high_goals], dim=-1)
-        high_loss, high_info = self._actor_loss(self.high_actor, high_target, high_context, high_adv, c.high_alpha)
+        # Policies always run in float32: their many small ops gain nothing from bf16 autocast.
+        with torch.autocast(obs.device.type, enabled=False):
+            low_adv = v_next_low - v_low
+            low_context = torch.cat([obs, rep_low if c.subgoal_space == "rep" else low_goals], dim=-1)
+            low_loss, low_info = self._actor_loss(self.low_actor, batch["actions"], low_context, low_adv,
+                                                  c.low_alpha)
+            high_adv = v_target_high - v_high
+            high_target = rep_subgoal if c.subgoal_space == "rep" else high_targets
+            high_context = torch.cat([obs, high_goals], dim=-1)
+            high_loss, high_info = self._actor_loss(self.high_actor, high_target, high_context, high_adv,
+                                                    c.high_alpha)
 
         info = {**value_info, **{f"low_actor/{k}": x for k, x in low_info.items()},
                 **{f"high_actor/{k}": x for k, x in high_info.items()}}

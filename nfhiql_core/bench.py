@@ -3,6 +3,7 @@ host→device copy + one agent update), flow vs Gaussian policies, for each give
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 from typing import Sequence
@@ -55,29 +56,32 @@ def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int,
 
 
 def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, threads: int = 0,
-                device: str = "auto") -> list[dict]:
-    """Print and return a throughput table: each recipe × {flow, gaussian}."""
+                device: str = "auto", compute_dtypes: Sequence[str] = ("float32",)) -> list[dict]:
+    """Print and return a throughput table: each recipe × compute dtype × {flow, gaussian}."""
     if threads > 0:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{steps} timed steps after {warmup} warm-up")
-    header = f"{'recipe':<40} {'policy':<9} {'batch':>5} {'actor/value MLP':>17} {'steps/s':>8} {'ms/step':>8}"
+    header = (f"{'recipe':<34} {'dtype':<9} {'policy':<9} {'batch':>5} {'actor/value MLP':>17} {'steps/s':>8} "
+              f"{'ms/step':>8}")
     print(header + f" {'vs JAX HIQL':>11}")
     rows = []
     for path in config_paths:
         config = load_train_config(path)
         dataset = _dataset_for(config)
-        for policy in ("flow", "gaussian"):
-            cfg = dataclasses.replace(config, agent=dataclasses.replace(config.agent, policy=policy))
+        for dtype, policy in itertools.product(compute_dtypes, ("flow", "gaussian")):
+            agent = dataclasses.replace(config.agent, policy=policy, compute_dtype=dtype)
+            cfg = dataclasses.replace(config, agent=agent)
             seconds = time_updates(cfg, dataset, steps, warmup, dev)
-            row = {"recipe": Path(path).stem, "policy": policy, "batch_size": cfg.train.batch_size,
+            row = {"recipe": Path(path).stem, "compute_dtype": dtype, "policy": policy,
+                   "batch_size": cfg.train.batch_size,
                    "actor_hidden_dims": list(cfg.agent.actor_hidden_dims),
                    "value_hidden_dims": list(cfg.agent.value_hidden_dims),
                    "steps_per_s": 1.0 / seconds, "dataset": dataset.source}
             rows.append(row)
             nets = f"{_dims(cfg.agent.actor_hidden_dims)}/{_dims(cfg.agent.value_hidden_dims)}"
-            print(f"{row['recipe']:<40} {policy:<9} {row['batch_size']:>5} {nets:>17} "
+            print(f"{row['recipe']:<34} {dtype:<9} {policy:<9} {row['batch_size']:>5} {nets:>17} "
                   f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f} "
                   f"{row['steps_per_s'] / JAX_HIQL_FULL_SIZE_STEPS_PER_S:>10.2f}x")
     print(f"(vs JAX HIQL: ratio to {JAX_HIQL_FULL_SIZE_STEPS_PER_S} steps/s, OGBench's JAX HIQL at full size "

@@ -102,7 +102,8 @@ def _bench_replan(args: argparse.Namespace) -> None:
 def _bench_train(args: argparse.Namespace) -> None:
     from nfhiql_core.bench import bench_train
 
-    bench_train(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device)
+    bench_train(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device,
+                compute_dtypes=args.compute_dtypes)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     b.add_argument("--device", default="auto")
+    b.add_argument("--compute-dtypes", nargs="+", default=["float32", "bfloat16"],
+                   help="AgentConfig.compute_dtype values to time")
     b.set_defaults(func=_bench_train)
     b = bench.add_parser("inference", help="batch-1 latency of plan/act, ONNX Runtime vs torch eager")
     b.add_argument("bundle")
