@@ -22,6 +22,7 @@ setup(
         (os.path.join("share", PACKAGE, "launch"), glob("launch/*launch.[pxy][yma]*")),
         (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml")),
         (os.path.join("share", PACKAGE, "config", "train"), glob("config/train/*.yaml")),
+        (os.path.join("share", PACKAGE, "sim"), glob("sim/*.yaml")),
     ],
     python_requires=">=3.10",
     install_requires=[
@@ -52,5 +53,8 @@ setup(
     maintainer="nfhiql developers",
     maintainer_email="nfhiql@example.com",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["nfhiql = nfhiql_core.cli:main"]},
+    entry_points={"console_scripts": [
+        "nfhiql = nfhiql_core.cli:main",
+        "mujoco_sim = nfhiql_ros.mujoco_sim:main",
+    ]},
 )

@@ -1,0 +1,482 @@
+"""mujoco_sim: an OGBench environment standing in for the robot.
+
+Runs the evaluation episodes of one scenario (tasks × episodes_per_task, seeded exactly like
+`nfhiql_core.evaluation.evaluate` through `nfhiql_core.episodes`), publishes `goal`, `observation`,
+`joint_states` and one `sim/episode` status per episode, and steps on commands: once per command
+stamped with the latest observation (`lockstep`, see the lockstep contract in nfhiql_ros/README.md)
+or on a wall-clock timer with the latest fresh command (`realtime`).
+
+    mujoco_sim --ros-args --params-file sim/pointmaze-medium.yaml -p mode:=realtime
+
+This module must not use `from __future__ import annotations`: rclpy passes `TimerInfo` to a timer
+callback only when the parameter's annotation *is* the class, not its name.
+"""
+import dataclasses
+import signal
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from rclpy.timer import TimerInfo
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from nfhiql_core.atomic_io import save_npz
+from nfhiql_core.episodes import Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
+from nfhiql_core.errors import ConfigError, NfhiqlError
+from nfhiql_ros import ros_io
+from nfhiql_ros.params import declare_parameters
+
+MODES = ("lockstep", "realtime")
+STATUS_NAME = "mujoco_sim/episode"
+SUMMARY_NAME = "mujoco_sim/summary"
+# Episode results: RELIABLE, deep enough that a slow subscriber misses none of a run's statuses.
+STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Command subscriptions: RELIABLE like ros2_control's; depth 10 so that in lockstep a valid command
+# queued behind rejected ones is never dropped.
+COMMAND_SUB_QOS = ros_io.STATE_QOS
+STARTUP_POLL_S = 0.05
+LOCKSTEP_STALL_S = 2.0  # warn when a lockstep run has waited this long for a command
+FLUSH_TIMEOUT_S = 1.0  # on exit, wait at most this long for subscribers to acknowledge the last statuses
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """Parameters of `mujoco_sim` (sim/*.yaml are parameter files for these)."""
+
+    env: str = "pointmaze-medium-navigate-v0"  # OGBench env id or dataset name
+    mode: str = "lockstep"  # lockstep | realtime
+    control_period_s: float = 0.0  # realtime timer period; 0 = the env's own control timestep
+    seed: int = 0  # evaluation seed: episode seeds are episode_seed(seed, task_id, episode)
+    tasks: tuple[int, ...] = (1, 2, 3, 4, 5)
+    episodes_per_task: int = 1
+    max_episode_steps: int = 0  # 0 = the env's time limit
+    start_delay_s: float = 1.0  # wait this long (discovery) before the first episode
+    min_observation_subscribers: int = 1  # lockstep: also wait for this many `observation` subscribers
+    command_timeout_s: float = 0.5  # realtime: a command received longer ago than this ⇒ zero action
+    record_path: str = ""  # '' = off; else an npz trajectory log written on exit
+    exit_when_done: bool = True  # shut down (exit code 0) after the last episode
+    frame_id: str = ""  # header.frame_id of observation/goal/joint_states
+    joint_name_prefix: str = ""  # stripped from MuJoCo joint names in joint_states (e.g. 'ur5e/')
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {MODES} (got {self.mode!r})")
+        if self.control_period_s < 0:
+            problems.append(f"control_period_s must be >= 0 (got {self.control_period_s})")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0 (got {self.seed})")
+        if not self.tasks or min(self.tasks) < 1:
+            problems.append(f"tasks must be a non-empty list of task ids >= 1 (got {list(self.tasks)})")
+        if self.episodes_per_task < 1:
+            problems.append(f"episodes_per_task must be >= 1 (got {self.episodes_per_task})")
+        if self.max_episode_steps < 0:
+            problems.append(f"max_episode_steps must be >= 0 (got {self.max_episode_steps})")
+        if self.start_delay_s < 0:
+            problems.append(f"start_delay_s must be >= 0 (got {self.start_delay_s})")
+        if self.min_observation_subscribers < 0:
+            problems.append(f"min_observation_subscribers must be >= 0 (got {self.min_observation_subscribers})")
+        if self.command_timeout_s <= 0:
+            problems.append(f"command_timeout_s must be > 0 (got {self.command_timeout_s})")
+        if problems:
+            raise ConfigError("mujoco_sim parameters: " + "; ".join(problems))
+
+
+class Command(NamedTuple):
+    action: np.ndarray
+    received_ns: int
+    latency_s: float  # reception − stamp of the observation it answers; NaN when unstamped
+
+
+class JointTable(NamedTuple):
+    names: list[str]
+    qpos: np.ndarray  # qpos address of each joint
+    qvel: np.ndarray  # dof address of each joint
+
+
+def joint_table(model, prefix: str) -> JointTable:
+    """The model's hinge and slide joints (free and ball joints have no scalar position)."""
+    import mujoco
+
+    scalar = {int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)}
+    keep = [j for j in range(model.njnt) if int(model.jnt_type[j]) in scalar]
+    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint_{j}" for j in keep]
+    names = [n[len(prefix):] if prefix and n.startswith(prefix) else n for n in names]
+    return JointTable(names, model.jnt_qposadr[keep].copy(), model.jnt_dofadr[keep].copy())
+
+
+def control_timestep(env) -> float:
+    """Seconds of simulated time per env step: manipspace's control_timestep(), else MujocoEnv.dt."""
+    u = env.unwrapped
+    return float(u.control_timestep() if callable(getattr(u, "control_timestep", None)) else u.dt)
+
+
+class Recorder:
+    """Per-step and per-episode logs for `record_path` (flat per-step arrays + episode offsets)."""
+
+    def __init__(self) -> None:
+        self.observations: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.step_times_ns: list[int] = []
+        self.latencies_s: list[float] = []
+        self.goals: list[np.ndarray] = []
+        self.records: list[EpisodeRecord] = []
+        self.offsets = [0]
+
+    def step(self, observation: np.ndarray, action: np.ndarray, t_ns: int, latency_s: float) -> None:
+        self.observations.append(np.array(observation))
+        self.actions.append(np.array(action))
+        self.step_times_ns.append(t_ns)
+        self.latencies_s.append(latency_s)
+
+    def episode(self, goal: np.ndarray, record: EpisodeRecord) -> None:
+        self.goals.append(np.array(goal))
+        self.records.append(dataclasses.replace(record))
+        self.offsets.append(len(self.actions))
+
+    def arrays(self, obs_shape: tuple, act_shape: tuple, meta: dict) -> dict[str, np.ndarray]:
+        """Completed episodes only (a partial episode at interruption is left out)."""
+        n = self.offsets[-1]
+        stack = lambda xs, shape: np.stack(xs) if xs else np.zeros((0, *shape))  # noqa: E731
+        recs = self.records
+        return dict(
+            observations=stack(self.observations[:n], obs_shape),  # the observation each action was applied at
+            actions=stack(self.actions[:n], act_shape),  # as applied (clipped, env dtype)
+            step_times_ns=np.array(self.step_times_ns[:n], dtype=np.int64),
+            command_latency_s=np.array(self.latencies_s[:n], dtype=np.float64),
+            episode_offsets=np.array(self.offsets, dtype=np.int64),  # episode i = rows offsets[i]:offsets[i+1]
+            goals=stack(self.goals, obs_shape),
+            task_ids=np.array([r.task_id for r in recs], dtype=np.int64),
+            episodes=np.array([r.episode for r in recs], dtype=np.int64),
+            env_seeds=np.array([r.env_seed for r in recs], dtype=np.int64),
+            successes=np.array([r.success for r in recs], dtype=bool),
+            lengths=np.array([r.length for r in recs], dtype=np.int64),
+            **{k: np.array(v) for k, v in meta.items()},
+        )
+
+
+class MujocoSim(Node):
+    """The sim node; `done` turns true after the last episode."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("mujoco_sim", **kwargs)
+        self.p = declare_parameters(self, SimParams)
+        self.env = make_env(self.p.env)
+        self.env_name = canonical_env_name(self.p.env)
+        u = self.env.unwrapped
+        if any(t > len(u.task_infos) for t in self.p.tasks):
+            raise ConfigError(f"mujoco_sim parameters: tasks must be within 1..{len(u.task_infos)} "
+                              f"for {self.env_name} (got {list(self.p.tasks)})")
+        self.space = self.env.action_space
+        if len(self.space.shape) != 1 or len(self.env.observation_space.shape) != 1:
+            raise ConfigError(f"{self.env_name}: mujoco_sim needs 1-D observation and action spaces")
+        self.act_dim = self.space.shape[0]
+        self.obs_names = ros_io.vector_names("obs", self.env.observation_space.shape[0])
+        self.joints = joint_table(u.model, self.p.joint_name_prefix)
+        self.env_period_s = control_timestep(self.env)
+        self.period_s = self.p.control_period_s or self.env_period_s
+        self.lockstep = self.p.mode == "lockstep"
+        self.max_steps = self.p.max_episode_steps or None
+        self.jobs = deque((t, ep) for t in self.p.tasks for ep in range(self.p.episodes_per_task))
+        self.n_episodes = len(self.jobs)
+
+        self.obs_pub = self.create_publisher(JointState, "observation", ros_io.STATE_QOS)
+        self.goal_pub = self.create_publisher(JointState, "goal", ros_io.LATCHED_QOS)
+        self.joint_pub = self.create_publisher(JointState, "joint_states", ros_io.STATE_QOS)
+        self.status_pub = self.create_publisher(DiagnosticStatus, "sim/episode", STATUS_QOS)
+        self.cmd_sub = self.create_subscription(JointState, "command", self._on_command, COMMAND_SUB_QOS)
+        self.fwd_sub = self.create_subscription(
+            Float64MultiArray, "forward_command", self._on_forward_command, COMMAND_SUB_QOS)
+
+        self.episode: Episode | None = None
+        self.done = False
+        self.obs_stamp = 0  # stamp of the latest observation (lockstep: the one awaiting its command)
+        self.episode_stamp = 0  # stamp of the current episode's first observation
+        self.last_stamp = 0
+        self.latest: Command | None = None  # realtime: latest accepted command
+        self.steps = self.ignored = self.rejected = self.missed_deadlines = 0
+        self.last_step_ns = 0
+        self.prev_expected_ns: int | None = None
+        self.recorder = Recorder()
+        self.t_created_ns = self._now_ns()
+        self.t_started_ns = 0
+        self.rt_timer = None
+        self.startup_timer = self.create_timer(STARTUP_POLL_S, self._try_start)
+        self.watchdog = self.create_timer(1.0, self._watch) if self.lockstep else None
+        self.get_logger().info(
+            f"{self.env_name} ({self.p.mode}, {self.n_episodes} episodes, tasks {list(self.p.tasks)}, "
+            f"seed {self.p.seed}, env step {self.env_period_s:g} s"
+            + ("" if self.lockstep else f", control period {self.period_s:g} s") + ")")
+
+    # --- time --------------------------------------------------------------------------------
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _stamp(self) -> int:
+        """The clock now, but strictly after every earlier stamp (the contract's unique stamps)."""
+        self.last_stamp = max(self._now_ns(), self.last_stamp + 1)
+        return self.last_stamp
+
+    # --- start-up ----------------------------------------------------------------------------
+    def _controller_connected(self) -> bool:
+        return (self.obs_pub.get_subscription_count() >= self.p.min_observation_subscribers
+                and self.cmd_sub.get_publisher_count() + self.fwd_sub.get_publisher_count() > 0)
+
+    def _try_start(self) -> None:
+        if self._now_ns() - self.t_created_ns < self.p.start_delay_s * 1e9:
+            return
+        if self.lockstep and not self._controller_connected():
+            self.get_logger().info(
+                f"waiting for a controller: >= {self.p.min_observation_subscribers} subscriber(s) on "
+                f"{self.obs_pub.topic_name} and a publisher on {self.cmd_sub.topic_name} or "
+                f"{self.fwd_sub.topic_name}", throttle_duration_sec=5.0)
+            return
+        self.startup_timer.cancel()
+        self.t_started_ns = self._now_ns()
+        if not self.lockstep:
+            if self.period_s != self.env_period_s:
+                self.get_logger().warning(f"stepping every {self.period_s:g} s of wall time; each step "
+                                       f"advances the env by {self.env_period_s:g} s")
+            self.rt_timer = self.create_timer(self.period_s, self._tick)
+        self._next_episode()
+
+    def _watch(self) -> None:
+        if self.episode is not None and self._now_ns() - self.last_step_ns > LOCKSTEP_STALL_S * 1e9:
+            self.get_logger().warning(
+                f"lockstep: no command for the observation stamped {self.obs_stamp} "
+                f"(task {self.episode.record.task_id}, step {self.episode.record.length})",
+                throttle_duration_sec=10.0)
+
+    # --- commands ----------------------------------------------------------------------------
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        self.get_logger().warning(f"command rejected: {why}", throttle_duration_sec=2.0)
+
+    def _on_command(self, msg: JointState) -> None:
+        now = self._now_ns()
+        try:
+            action, stamp = ros_io.vector_from_msg(msg, self.act_dim, self.cmd_sub.topic_name)
+        except ros_io.MessageError as e:
+            self._reject(str(e))
+            return
+        self._accept(action, stamp, now)
+
+    def _on_forward_command(self, msg: Float64MultiArray) -> None:
+        action = np.asarray(msg.data, dtype=np.float64)
+        topic = self.fwd_sub.topic_name
+        if action.shape != (self.act_dim,):
+            self._reject(f"{topic}: expected {self.act_dim} values in data, got {action.size}")
+        elif not np.isfinite(action).all():
+            self._reject(f"{topic}: non-finite value at index {int(np.flatnonzero(~np.isfinite(action))[0])}")
+        else:
+            self._accept(action, None, self._now_ns())
+
+    def _accept(self, action: np.ndarray, stamp: int | None, now: int) -> None:
+        """A valid command; `stamp` is the observation it answers (None: forward_command, unstamped)."""
+        if self.episode is None:
+            self.ignored += 1
+            return
+        latency = float("nan") if stamp is None else (now - stamp) * 1e-9
+        if self.lockstep:
+            if stamp is not None and stamp != self.obs_stamp:
+                self.ignored += 1
+                self.get_logger().warning(f"lockstep: ignored a command stamped {stamp}; the latest observation is "
+                                       f"stamped {self.obs_stamp}", throttle_duration_sec=5.0)
+                return
+            self._step(action, latency)
+        elif stamp is not None and stamp < self.episode_stamp:
+            self.ignored += 1  # answers an observation of an earlier episode
+        else:
+            self.latest = Command(action, now, latency)
+
+    def _tick(self, info: TimerInfo) -> None:
+        """Realtime: step with the latest fresh command (zero action when none is fresh)."""
+        expected, actual = info.expected_call_time.nanoseconds, info.actual_call_time.nanoseconds
+        period_ns = self.period_s * 1e9
+        if self.prev_expected_ns is not None:  # rcl skips the due times it fell behind on
+            self.missed_deadlines += max(0, round((expected - self.prev_expected_ns) / period_ns) - 1)
+        self.prev_expected_ns = expected
+        if actual - expected > period_ns:
+            self.missed_deadlines += 1
+        if self.episode is None:
+            return
+        cmd = self.latest
+        if cmd is None or self._now_ns() - cmd.received_ns > self.p.command_timeout_s * 1e9:
+            self._step(np.zeros(self.act_dim), float("nan"))
+        else:
+            self._step(cmd.action, cmd.latency_s)
+
+    # --- episodes ----------------------------------------------------------------------------
+    def _step(self, action: np.ndarray, latency_s: float) -> None:
+        ep = self.episode
+        action = np.clip(action, self.space.low, self.space.high).astype(self.space.dtype)
+        now = self._now_ns()
+        self.recorder.step(ep.observation, action, now, latency_s)
+        over = ep.step(action, self.max_steps)
+        self.steps += 1
+        self.last_step_ns = now
+        if over:
+            self._publish_joint_states(self._stamp())  # the terminal state; no observation (no command is due)
+            self._finish_episode()
+            self._next_episode()
+        else:
+            self._publish_observation()
+
+    def _publish_joint_states(self, stamp: int) -> None:
+        data = self.env.unwrapped.data
+        msg = JointState()
+        msg.header.stamp = ros_io.ns_to_stamp(stamp)
+        msg.header.frame_id = self.p.frame_id
+        msg.name = self.joints.names
+        msg.position = data.qpos[self.joints.qpos].tolist()
+        msg.velocity = data.qvel[self.joints.qvel].tolist()
+        self.joint_pub.publish(msg)
+
+    def _publish_observation(self) -> None:
+        stamp = self._stamp()
+        self.obs_stamp = stamp
+        self.obs_pub.publish(ros_io.vector_msg(self.episode.observation, self.obs_names, stamp, self.p.frame_id))
+        self._publish_joint_states(stamp)  # same instant, same stamp
+
+    def _next_episode(self) -> None:
+        if not self.jobs:
+            self._finish_all()
+            return
+        task_id, ep = self.jobs.popleft()
+        self.episode = Episode(self.env, task_id, ep, episode_seed(self.p.seed, task_id, ep))
+        self.latest = None
+        self.last_step_ns = self._now_ns()
+        self.goal_pub.publish(ros_io.vector_msg(self.episode.goal, self.obs_names, self._stamp(), self.p.frame_id))
+        self._publish_observation()
+        self.episode_stamp = self.obs_stamp
+
+    def _finish_episode(self) -> None:
+        ep, self.episode = self.episode, None
+        rec = ep.record
+        self.recorder.episode(ep.goal, rec)
+        outcome = "success" if rec.success else "failure"
+        self.status_pub.publish(_status(
+            STATUS_NAME, outcome, self.env_name, DiagnosticStatus.OK if rec.success else DiagnosticStatus.WARN,
+            task_id=rec.task_id, episode=rec.episode, env_seed=rec.env_seed,
+            success=str(rec.success).lower(), length=rec.length))
+        self.get_logger().info(f"task {rec.task_id} episode {rec.episode}: {outcome} after {rec.length} steps "
+                               f"({len(self.recorder.records)}/{self.n_episodes})")
+
+    def _finish_all(self) -> None:
+        self.done = True
+        if self.rt_timer is not None:
+            self.rt_timer.cancel()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        per_task = self.per_task_success()
+        mean = float(np.mean(list(per_task.values())))
+        self.status_pub.publish(_status(
+            SUMMARY_NAME, "done", self.env_name, DiagnosticStatus.OK,
+            success=f"{mean:.6g}", episodes=len(self.recorder.records), steps=self.steps,
+            ignored_commands=self.ignored, rejected_commands=self.rejected,
+            missed_deadlines=self.missed_deadlines, mode=self.p.mode,
+            **{f"task_{t}": f"{s:.6g}" for t, s in per_task.items()}))
+        self.get_logger().info("done: " + self.summary())
+
+    def per_task_success(self) -> dict[int, float]:
+        recs = self.recorder.records
+        return {t: float(np.mean([r.success for r in recs if r.task_id == t]))
+                for t in dict.fromkeys(r.task_id for r in recs)}
+
+    def summary(self) -> str:
+        """One line: successes, steps, command counts, latency and (realtime) missed deadlines."""
+        per_task = self.per_task_success()
+        wall = (self._now_ns() - self.t_started_ns) * 1e-9 if self.t_started_ns else 0.0
+        lat = np.array([x for x in self.recorder.latencies_s if np.isfinite(x)]) * 1e3
+        parts = [
+            f"{len(self.recorder.records)}/{self.n_episodes} episodes, success "
+            + (f"{np.mean(list(per_task.values())):.3f} (" if per_task else "- (")
+            + ", ".join(f"task {t}: {s:.2f}" for t, s in per_task.items()) + ")",
+            f"{self.steps} steps in {wall:.2f} s ({self.p.mode})",
+            f"commands ignored {self.ignored}, rejected {self.rejected}",
+        ]
+        if lat.size:
+            parts.append(f"latency p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms")
+        if not self.lockstep:
+            parts.append(f"missed deadlines {self.missed_deadlines} (period {self.period_s:g} s)")
+        return "; ".join(parts)
+
+    # --- exit --------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Give subscribers a moment to acknowledge the last statuses before the process exits."""
+        self.status_pub.wait_for_all_acked(Duration(seconds=FLUSH_TIMEOUT_S))
+
+    def close(self) -> None:
+        """Write the record (if asked) and close the env."""
+        if not self.done:
+            self.get_logger().info("stopped: " + self.summary())
+        if self.p.record_path:
+            meta = dict(env_name=self.env_name, mode=self.p.mode, seed=self.p.seed, period_s=self.period_s,
+                        missed_deadlines=self.missed_deadlines, ignored_commands=self.ignored,
+                        rejected_commands=self.rejected)
+            save_npz(self.p.record_path, self.recorder.arrays(
+                self.env.observation_space.shape, self.space.shape, meta), compressed=False)
+            self.get_logger().info(f"wrote {self.p.record_path}")
+        self.env.close()
+
+
+def _status(name: str, message: str, hardware_id: str, level: bytes, **values) -> DiagnosticStatus:
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until the last episode (exit_when_done) or SIGINT/SIGTERM; exit code 0, 2 on bad parameters."""
+    stop: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        if stop:  # a second signal: give up on the clean path
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    # Our own handlers, not rclpy's: a signal only sets a flag that the spin loop polls, so no
+    # exception ever surfaces inside a callback and shutdown cannot deadlock (ros2-deploy.md §4).
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    node = executor = None
+    code = 0
+    try:
+        node = MujocoSim()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop and not (node.done and node.p.exit_when_done):
+            executor.spin_once(timeout_sec=0.1)
+        if node.done and not stop:
+            node.flush()
+    except (NfhiqlError, ParameterException) as e:  # bad parameters: one line, no traceback
+        print(f"mujoco_sim: {e}", file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        try:
+            if node is not None:
+                node.close()
+                node.destroy_node()
+            if executor is not None:
+                executor.shutdown(timeout_sec=1.0)
+        finally:
+            rclpy.try_shutdown()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
