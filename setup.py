@@ -55,6 +55,8 @@ setup(
     license="Apache-2.0",
     entry_points={"console_scripts": [
         "nfhiql = nfhiql_core.cli:main",
+        "subgoal_planner = nfhiql_ros.subgoal_planner:main",
+        "flow_controller = nfhiql_ros.flow_controller:main",
         "mujoco_sim = nfhiql_ros.mujoco_sim:main",
     ]},
 )

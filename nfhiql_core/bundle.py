@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,11 @@ class BundleMetadata:
     inside high.onnx ({"kind": "length", "norm": √dim, "eps": ...}); None for state-space subgoals.
     `control_period_s` is the period the policy was trained to act at (None if unknown).
     `env` is the OGBench environment (or robot) the policy was trained for.
+    `ood_log_likelihood` holds the out-of-distribution alarm thresholds taken from the training data
+    at export: {"high": h, "low": l, "percentile": p, "samples": n, "dataset": path}, where h (l) is
+    the p-th percentile of the high (low) level's log-likelihood of its own z = 0 output over n
+    dataset states (see `nfhiql_core.export.ood_thresholds`); None when the dataset was not
+    available at export (the controller's alarm is then disabled).
     """
 
     format: str
@@ -101,6 +107,7 @@ class BundleMetadata:
     parity: ParityReport
     versions: dict[str, str]
     training_config: dict[str, Any]
+    ood_log_likelihood: dict[str, Any] | None = None  # absent in bundles from before the OOD alarm
 
     def model(self, level: str) -> ModelInfo:
         """The ModelInfo of level 'high' or 'low'."""
@@ -109,6 +116,10 @@ class BundleMetadata:
     def noise_dim(self, level: str) -> int:
         """Dimension of the base noise z of a level (= its output dimension)."""
         return self.subgoal_dim if level == "high" else self.action_dim
+
+    def ood_threshold(self, level: str) -> float | None:
+        """The OOD alarm threshold on a level's log-likelihood, or None when the bundle has none."""
+        return None if self.ood_log_likelihood is None else float(self.ood_log_likelihood[level])
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,10 @@ def validate_metadata(meta: BundleMetadata, where: str) -> None:
             raise BundleError(f"{where}: {field} has {len(getattr(meta, field))} entries, expected {dim}")
     if any(lo > hi for lo, hi in zip(meta.action_low, meta.action_high)):
         raise BundleError(f"{where}: action_low exceeds action_high")
+    ood = meta.ood_log_likelihood
+    if ood is not None and not all(isinstance(ood.get(level), (int, float)) and not isinstance(ood.get(level), bool)
+                                   and math.isfinite(ood[level]) for level in LEVELS):
+        raise BundleError(f"{where}: ood_log_likelihood needs finite numbers 'high' and 'low', got {ood!r}")
 
 
 def load_bundle(bundle_dir: str | os.PathLike, verify_checksums: bool = True) -> Bundle:

@@ -13,6 +13,14 @@ reject correct exports at random.
 
 The high-level graph includes the rep-space length normalisation (as `HIQLAgent.plan`); the
 low-level graph outputs the raw action: the runtime clips it to the bundle's bounds.
+
+Out-of-distribution thresholds (`ood_log_likelihood` in bundle.json): with the checkpoint's training
+dataset at hand, the exported models score their own z = 0 outputs on a sample of dataset states,
+the high level on (s, a goal drawn as the high-level actor's training goals are) and the low level
+on (s, its own subgoal); the 1st percentile of each level's log-likelihood is stored. The flow
+controller raises an alarm when a live log-likelihood falls below it. A Gaussian policy has a
+log-likelihood too, but only a flow's is an exact density of multimodal data. Without the
+dataset the thresholds are null (with a warning) and the alarm is off.
 """
 from __future__ import annotations
 
@@ -39,7 +47,9 @@ from nfhiql_core.atomic_io import save_json
 from nfhiql_core.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sha256_file
 from nfhiql_core.checkpoint import load_checkpoint
 from nfhiql_core.config import from_dict, to_dict
+from nfhiql_core.dataset import load_dataset
 from nfhiql_core.errors import NfhiqlError, OutputExistsError
+from nfhiql_core.goal_sampler import HierarchicalGoalSampler
 from nfhiql_core.networks import length_normalize
 from nfhiql_core.runtime import LevelSession
 
@@ -49,8 +59,12 @@ PARITY_BATCH_SIZES = (1, 7, 64)
 PARITY_OBS_SCALE = 10.0  # observations/goals ~ N(0, 10²): covers maze coordinates (0..~30)
 INPUTS = {"high": ("observation", "goal", "z"), "low": ("observation", "subgoal", "z")}
 OUTPUTS = {"high": ("subgoal", "log_prob"), "low": ("action", "log_prob")}
+OOD_SAMPLES = 10_000  # dataset states scored for the OOD thresholds
+OOD_PERCENTILE = 1.0  # threshold = this percentile of the in-distribution log-likelihoods
 # Names of OGBench observation/action components, by env family (others get obs_0.., action_0..).
 KNOWN_NAMES = {"pointmaze": (("x", "y"), ("dx", "dy"))}
+
+log = logging.getLogger(__name__)
 
 
 class ExportError(NfhiqlError):
@@ -215,13 +229,50 @@ def _write_models(agent: HIQLAgent, tmp: Path, opset: int, atol: float) -> tuple
                                 {k: d[1] for k, d in diffs.items()})
 
 
+def ood_thresholds(models: dict[str, LevelSession], noise_dims: dict[str, int], observations: np.ndarray,
+                   goals: np.ndarray, percentile: float = OOD_PERCENTILE) -> dict[str, float]:
+    """Per level, the `percentile`-th percentile of the model's log-likelihood of its own z = 0 output:
+    the high level on (observation, goal), the low level on (observation, the high level's subgoal)."""
+    obs, goals = np.ascontiguousarray(observations, np.float32), np.ascontiguousarray(goals, np.float32)
+    zeros = {level: np.zeros((len(obs), dim), np.float32) for level, dim in noise_dims.items()}
+    subgoal, high = models["high"].run(obs, goals, zeros["high"])
+    _, low = models["low"].run(obs, subgoal, zeros["low"])
+    return {"high": float(np.percentile(high, percentile)), "low": float(np.percentile(low, percentile))}
+
+
+def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent: HIQLAgent,
+                  dataset: str | None) -> dict[str, Any] | None:
+    """`ood_log_likelihood` for bundle.json from the training data (`dataset`, else the recipe's).
+
+    None, with a warning, when the recipe's dataset is not available; an explicit `dataset` must load.
+    """
+    from nfhiql_core.train import TrainConfig  # the recipe's dataset and goal-sampler settings
+
+    try:
+        recipe = from_dict(TrainConfig, config, "checkpoint recipe")
+        data = load_dataset(dataset or recipe.dataset.path, recipe.dataset.data_fraction, recipe.seed)
+    except NfhiqlError as exc:
+        if dataset is not None:
+            raise
+        log.warning("OOD thresholds not computed, the controller's OOD alarm will be off: %s", exc)
+        return None
+    if data.obs_dim != agent.obs_dim:
+        raise ExportError(f"{data.source}: dataset observations have dim {data.obs_dim}, "
+                          f"the checkpoint {agent.obs_dim}")
+    batch = HierarchicalGoalSampler(data, recipe.sampler_config()).sample(OOD_SAMPLES, np.random.default_rng(0))
+    levels = ood_thresholds(models, {"high": agent.subgoal_dim, "low": agent.action_dim}, batch["observations"],
+                            batch["high_actor_goals"])
+    return {**levels, "percentile": OOD_PERCENTILE, "samples": OOD_SAMPLES, "dataset": data.source}
+
+
 def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, env: str | None = None,
                   control_period_s: float | None = None, force: bool = False, opset: int = OPSET,
-                  atol: float = PARITY_ATOL) -> BundleMetadata:
+                  atol: float = PARITY_ATOL, dataset: str | None = None) -> BundleMetadata:
     """Export `checkpoint` to a verified bundle at `output_dir` and return its metadata.
 
     `env` defaults to the env in the checkpoint's recipe; `control_period_s` defaults to that env's
-    control period. Refuses a non-empty `output_dir` unless `force`.
+    control period; `dataset` (for the OOD thresholds) defaults to the recipe's training dataset.
+    Refuses a non-empty `output_dir` unless `force`.
     """
     out = Path(output_dir)
     _check_output(out, force)
@@ -235,6 +286,9 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
     tmp.mkdir(parents=True)  # beside the target (same file system: the final rename is atomic)
     try:
         models, parity = _write_models(agent, tmp, opset, atol)
+        sessions = {level: LevelSession(tmp / models[level].file, models[level], ["CPUExecutionProvider"])
+                    for level in LEVELS}
+        desc["ood_log_likelihood"] = _ood_metadata(ckpt.config, sessions, agent, dataset)
         metadata = _metadata(agent, ckpt.config, ckpt.step, Path(checkpoint), env_name, desc, models, parity, opset)
         save_json(tmp / "bundle.json", to_dict(metadata))
         load_bundle(tmp)  # what a runtime will check, before publishing

@@ -1,0 +1,88 @@
+"""What the two policy nodes share: their common parameters, the runtime, the re-plan schedule.
+
+The schedule is the LOCKSTEP CONTRACT (README) in code: observations are counted from the latest
+goal (k = 0, 1, …) and the subgoal used for observation k is the one planned from observation
+k − k % replan_every. The planner and the controller each run one, so they agree without talking.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from rclpy.node import Node
+
+from nfhiql_core.runtime import PolicyRuntime
+from nfhiql_ros.executors import EXECUTORS
+
+# Short provider names accepted in the `providers` parameter ("CUDA" = "CUDAExecutionProvider").
+_PROVIDER_SUFFIX = "ExecutionProvider"
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """Parameters of both policy nodes (the `/**` block of the parameter file).
+
+    bundle: policy bundle directory (required).
+    replan_every: observations per subgoal; 0 = the bundle's subgoal_steps.
+    providers: ONNX Runtime execution providers in priority order; CPU is the fallback.
+    executor: `single_threaded` (default) or `events` (rclpy's experimental EventsExecutor).
+    diagnostics_period_s: period of the `/diagnostics` status.
+    """
+
+    bundle: str = ""
+    replan_every: int = 0
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    executor: str = "single_threaded"
+    diagnostics_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.bundle:
+            raise ValueError("parameter 'bundle' (policy bundle directory) is required")
+        if self.replan_every < 0:
+            raise ValueError(f"replan_every must be >= 0 (0 = the bundle's subgoal_steps), got {self.replan_every}")
+        if not self.providers:
+            raise ValueError("providers must name at least one ONNX Runtime execution provider")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if not self.diagnostics_period_s > 0:
+            raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
+
+
+def provider_names(providers: Sequence[str]) -> list[str]:
+    """Full ONNX Runtime provider names ("CUDA" → "CUDAExecutionProvider")."""
+    return [p if p.endswith(_PROVIDER_SUFFIX) else p + _PROVIDER_SUFFIX for p in providers]
+
+
+def load_runtime(node: Node, params: PolicyParams) -> PolicyRuntime:
+    """The bundle on the first available provider (z = 0: deterministic); logs what actually runs."""
+    runtime = PolicyRuntime(params.bundle, provider_names(params.providers))
+    meta = runtime.metadata
+    node.get_logger().info(f"bundle {params.bundle} ({meta.policy}, obs {meta.obs_dim}, subgoal {meta.subgoal_dim}, "
+                           f"action {meta.action_dim}) running on {', '.join(runtime.providers)}")
+    return runtime
+
+
+def replan_every(params: PolicyParams, runtime: PolicyRuntime) -> int:
+    """The `replan_every` parameter, 0 resolved to the bundle's subgoal_steps."""
+    return params.replan_every or runtime.metadata.subgoal_steps
+
+
+class ReplanSchedule:
+    """Counts observations since the latest goal; says which observation a subgoal is planned from."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.count = 0
+        self.plan_stamp: int | None = None
+
+    def reset(self) -> None:
+        """A new goal: the next observation is k = 0."""
+        self.count, self.plan_stamp = 0, None
+
+    def observe(self, stamp_ns: int) -> tuple[bool, int]:
+        """Count the observation stamped `stamp_ns`: (is k % every == 0, stamp of the planning observation)."""
+        replan = self.count % self.every == 0
+        if replan:
+            self.plan_stamp = stamp_ns
+        self.count += 1
+        return replan, self.plan_stamp
