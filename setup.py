@@ -23,6 +23,8 @@ setup(
         (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml")),
         (os.path.join("share", PACKAGE, "config", "train"), glob("config/train/*.yaml")),
         (os.path.join("share", PACKAGE, "sim"), glob("sim/*.yaml")),
+        *[(os.path.join("share", PACKAGE, os.path.dirname(path)), glob(os.path.join(os.path.dirname(path), "*")))
+          for path in sorted(glob("bundles/*/bundle.json"))],
     ],
     python_requires=">=3.10",
     install_requires=[
@@ -58,5 +60,6 @@ setup(
         "subgoal_planner = nfhiql_ros.subgoal_planner:main",
         "flow_controller = nfhiql_ros.flow_controller:main",
         "mujoco_sim = nfhiql_ros.mujoco_sim:main",
+        "nfhiql-bringup = nfhiql_ros.bringup:main",
     ]},
 )

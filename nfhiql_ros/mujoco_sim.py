@@ -47,6 +47,7 @@ STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 COMMAND_SUB_QOS = ros_io.STATE_QOS
 STARTUP_POLL_S = 0.05
 LOCKSTEP_STALL_S = 2.0  # warn when a lockstep run has waited this long for a command
+GOAL_ACK_TIMEOUT_S = 1.0  # wait for the new goal to be acknowledged before the first observation
 FLUSH_TIMEOUT_S = 1.0  # on exit, wait at most this long for subscribers to acknowledge the last statuses
 
 
@@ -358,6 +359,10 @@ class MujocoSim(Node):
         self.latest = None
         self.last_step_ns = self._now_ns()
         self.goal_pub.publish(ros_io.vector_msg(self.episode.goal, self.obs_names, self._stamp(), self.p.frame_id))
+        # The goal must reach every subscriber before the episode's first observation: planner and
+        # controller count observations from the goal (lockstep contract).
+        if not self.goal_pub.wait_for_all_acked(Duration(seconds=GOAL_ACK_TIMEOUT_S)):
+            self.get_logger().warning(f"goal not acknowledged by all subscribers within {GOAL_ACK_TIMEOUT_S} s")
         self._publish_observation()
         self.episode_stamp = self.obs_stamp
 

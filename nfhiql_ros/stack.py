@@ -1,0 +1,350 @@
+"""The ROS stack of each scenario, described once for `launch/*.launch.py` and `nfhiql-bringup`.
+
+Both front ends read this module, so they start the same nodes (same executables, names and
+parameter files) from the same launch arguments with the same overrides:
+
+    ros2 launch nfhiql_ros manipulation.launch.py bundle:=/path/to/bundle mode:=realtime
+    nfhiql-bringup manipulation --bundle /path/to/bundle --mode realtime
+
+Launch arguments are strings; '' means "keep the parameter file's value". `plan()` turns them into
+one `NodeLaunch` per process: its parameter files (absolute) and typed overrides. Both front ends
+pass the overrides as one more parameter file, written by `write_override_file` with the same
+`/**/<node>` key as the blocks it overrides, last: `Node(parameters=[*files, override_file])` in
+the launch file, `--params-file ... --params-file <override_file>` in bringup.
+
+Why a file and not `-p k:=v` or a launch_ros dict: rcl merges parameter files into one table keyed
+by node pattern, in order of first appearance, and rclpy applies the matching keys in that order.
+`-p k:=v` goes into the `/**` entry, which the parameter file's own `/**` block created first, so a
+`/**/flow_controller` block applied later beats it; launch_ros writes a dict under `/**` too when
+the Node has no namespace. An override under the very key of the block it overrides, parsed after
+it, always wins, with or without a namespace (tests/test_packaging.py checks this through rclpy).
+
+Paths. A relative path inside a parameter file (`bundle`) is relative to the *base directory*: the
+directory that holds `config/` and `sim/`, i.e. the package share directory once installed
+(`share/nfhiql_ros`, what `ros2 launch` uses) or the repository root in a source checkout (what
+`nfhiql-bringup` prefers, see `find_base_dir`). A path given as an argument (`bundle:=...`,
+`--bundle ...`) is relative to the current directory. Either way the nodes get an absolute path,
+so their working directory never matters.
+
+This module imports neither rclpy nor launch: launch files import it from the installed package.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+PACKAGE = "nfhiql_ros"
+MODES = ("lockstep", "realtime")
+TRIGGER = {"lockstep": "observation", "realtime": "timer"}  # controller trigger per sim mode
+SIM_FORWARD_TOPIC = "forward_command"  # mujoco_sim's Float64MultiArray command input
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a stack: `executable` is both the console script and the module nfhiql_ros.<executable>."""
+
+    executable: str
+    name: str
+    param_files: tuple[str, ...]  # relative to the base directory, applied in order (later wins)
+    sim_only: bool = False  # started only with sim:=true
+
+    @property
+    def module(self) -> str:
+        return f"{PACKAGE}.{self.executable}"
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    config: str  # the stack's parameter file (relative to the base directory)
+    scenario: str  # mujoco_sim's scenario file (sim/*.yaml)
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return (
+            NodeSpec("mujoco_sim", "mujoco_sim", (self.scenario, self.config), sim_only=True),
+            NodeSpec("subgoal_planner", "subgoal_planner", (self.config,)),
+            NodeSpec("flow_controller", "flow_controller", (self.config,)),
+        )
+
+
+STACKS: dict[str, Stack] = {
+    "manipulation": Stack("manipulation", "config/manipulation.yaml", "sim/cube-single.yaml"),
+    "navigation": Stack("navigation", "config/navigation.yaml", "sim/pointmaze-medium.yaml"),
+}
+
+
+@dataclass(frozen=True)
+class Argument:
+    """A launch argument (`name:=value`); bringup's `--name-with-dashes` option mirrors it."""
+
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] = ()  # allowed values besides '' (empty: any)
+
+
+ARGUMENTS: tuple[Argument, ...] = (
+    Argument("bundle", "", "policy bundle directory; '' = the parameter file's `bundle` (relative to the "
+             "package share dir / repository root)"),
+    Argument("sim", "true", "true: start mujoco_sim as the robot; false: hardware (observation/goal come "
+             "from elsewhere, mujoco_sim is not started)", ("true", "false")),
+    Argument("mode", "", "lockstep (one sim step per command, controller trigger `observation`) or realtime "
+             "(wall-clock sim, controller trigger `timer`); '' = the parameter file (lockstep)", MODES),
+    Argument("replan_every", "", "observations per subgoal, shared by planner and controller; 0 = the "
+             "bundle's subgoal_steps; '' = the parameter file"),
+    Argument("rate_hz", "", "planner rate in Hz (realtime only; sets replan_every from the control period "
+             "in the planner); '' = the parameter file (0: use replan_every)"),
+    Argument("control_period_s", "", "controller (and realtime sim) period in s; 0 = the bundle's / env's; "
+             "'' = the parameter file"),
+    Argument("executor", "", "rclpy executor of the policy nodes; '' = the parameter file",
+             ("single_threaded", "events")),
+    Argument("command_output", "", "sim (JointState `command`), forward (ros2_control forward controller) or "
+             "servo_twist (MoveIt Servo); '' = the parameter file", ("sim", "forward", "servo_twist")),
+    Argument("providers", "", "ONNX Runtime providers in priority order, comma-separated (e.g. CUDA,CPU); "
+             "'' = the parameter file"),
+    Argument("tasks", "", "evaluation task ids, e.g. 1,2,3 or [1, 2, 3]; '' = the scenario file (1..5)"),
+    Argument("episodes_per_task", "", "episodes per task; '' = the parameter file"),
+    Argument("max_episode_steps", "", "episode step cap; 0 = the env's limit; '' = the parameter file"),
+    Argument("seed", "", "evaluation seed (the same per-episode seeds as `nfhiql eval`); '' = the parameter "
+             "file"),
+)
+ARGUMENT_DEFAULTS: dict[str, str] = {a.name: a.default for a in ARGUMENTS}
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    """One process to start: what launch_ros' Node(...) and bringup both get."""
+
+    executable: str
+    name: str
+    param_files: tuple[str, ...]  # absolute
+    overrides: dict[str, Any] = field(default_factory=dict)  # typed ROS parameter values
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def module(self) -> str:
+        return f"{PACKAGE}.{self.executable}"
+
+    def override_blocks(self) -> dict[str, Any]:
+        """The overrides as parameter-file content, under the key the parameter files use for this node."""
+        return {f"/**/{self.name}": {"ros__parameters": dict(self.overrides)}}
+
+    def ros_args(self, override_file: str | None = None) -> list[str]:
+        """`--ros-args ...` for a direct start: the launch file's parameter files and remappings."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        for path in (*self.param_files, *([override_file] if override_file else [])):
+            args += ["--params-file", path]
+        for src, dst in self.remappings:
+            args += ["-r", f"{src}:={dst}"]
+        return args
+
+
+def write_override_file(launch: NodeLaunch, directory: str | os.PathLike) -> str | None:
+    """Write `launch`'s overrides to `<directory>/<node>.overrides.yaml` (None when it has none)."""
+    if not launch.overrides:
+        return None
+    path = Path(directory) / f"{launch.name}.overrides.yaml"
+    path.write_text(yaml.safe_dump(launch.override_blocks(), sort_keys=False))
+    return str(path)
+
+
+class StackError(ValueError):
+    """Arguments that do not make a runnable stack."""
+
+
+# ---- the base directory and parameter files ---------------------------------------------------
+
+def _has_stack_files(base: Path) -> bool:
+    return all((base / s.config).is_file() and (base / s.scenario).is_file() for s in STACKS.values())
+
+
+def find_base_dir() -> Path:
+    """The directory holding config/ and sim/: the source checkout this module runs from, else an
+    installed share directory (`<prefix>/share/nfhiql_ros`, also every AMENT_PREFIX_PATH entry)."""
+    candidates = [Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / PACKAGE]
+    candidates += [Path(p) / "share" / PACKAGE for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    for base in candidates:
+        if _has_stack_files(base):
+            return base
+    raise StackError("cannot find the nfhiql_ros parameter files (config/, sim/): looked in "
+                     + ", ".join(str(c) for c in candidates))
+
+
+def parameter_table(sources: Sequence[str | os.PathLike | Mapping]) -> dict[str, dict[str, Any]]:
+    """Parameter files (paths, or their content as a dict) merged as rcl does: one entry per node key,
+    in order of first appearance, later files updating the entry of the same key."""
+    table: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        blocks = source if isinstance(source, Mapping) else yaml.safe_load(Path(source).read_text())
+        for key, block in (blocks or {}).items():
+            table.setdefault(key, {}).update(((block or {}).get("ros__parameters") or {}))
+    return table
+
+
+def _matches(key: str, node: str) -> bool:
+    return key in ("/**", f"/**/{node}", node, f"/{node}")
+
+
+def node_parameters(sources: Sequence[str | os.PathLike | Mapping], node: str) -> dict[str, Any]:
+    """The parameters these files give node `/<node>`: its matching entries applied in table order."""
+    merged: dict[str, Any] = {}
+    for key, params in parameter_table(sources).items():
+        if _matches(key, node):
+            merged.update(params)
+    return merged
+
+
+def file_parameters(base: Path, spec: NodeSpec) -> dict[str, Any]:
+    return node_parameters([base / rel for rel in spec.param_files], spec.name)
+
+
+# ---- arguments → processes ---------------------------------------------------------------------
+
+def _parse_bool(name: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise StackError(f"{name} must be true or false, got {value!r}")
+
+
+def _parse_number(name: str, value: str, kind: type) -> int | float:
+    try:
+        number = kind(float(value)) if kind is float else int(value)
+    except ValueError:
+        raise StackError(f"{name} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+    if number < 0:
+        raise StackError(f"{name} must be >= 0, got {value!r}")
+    return number
+
+
+def _parse_list(value: str) -> list[str]:
+    text = value.strip()
+    if text.startswith("["):
+        text = text[1:-1] if text.endswith("]") else text[1:]
+    return [part.strip().strip("'\"") for part in text.split(",") if part.strip()]
+
+
+def _parse_tasks(value: str) -> list[int]:
+    try:
+        tasks = [int(t) for t in _parse_list(value)]
+    except ValueError:
+        raise StackError(f"tasks must be task ids such as 1,2,3, got {value!r}") from None
+    if not tasks or min(tasks) < 1:
+        raise StackError(f"tasks must be task ids >= 1, got {value!r}")
+    return tasks
+
+
+def resolve_path(value: str, base: Path) -> str:
+    """An absolute path: `value` as is if absolute, else relative to `base`."""
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str | os.PathLike | None = None,
+         cwd: str | os.PathLike | None = None) -> list[NodeLaunch]:
+    """The processes of `stack` for these launch arguments (missing ones take their defaults).
+
+    `base_dir`: where config/ and sim/ are (the share dir for launch; default `find_base_dir()`);
+    `cwd`: what a relative `bundle` argument is relative to (default: the current directory).
+    """
+    if stack not in STACKS:
+        raise StackError(f"unknown stack {stack!r} (choose from {', '.join(STACKS)})")
+    unknown = set(arguments or {}) - set(ARGUMENT_DEFAULTS)
+    if unknown:
+        raise StackError(f"unknown launch argument(s): {', '.join(sorted(unknown))}")
+    args = {**ARGUMENT_DEFAULTS, **{k: str(v) for k, v in (arguments or {}).items()}}
+    for a in ARGUMENTS:
+        if a.choices and args[a.name] and args[a.name] not in a.choices:
+            raise StackError(f"{a.name} must be one of {', '.join(a.choices)}, got {args[a.name]!r}")
+    base = Path(base_dir) if base_dir is not None else find_base_dir()
+    here = Path(cwd) if cwd is not None else Path.cwd()
+    spec = STACKS[stack]
+    with_sim = _parse_bool("sim", args["sim"])
+    nodes = {n.name: n for n in spec.nodes if with_sim or not n.sim_only}
+    files = {name: file_parameters(base, n) for name, n in nodes.items()}
+    policy_files = files["flow_controller"]
+    over: dict[str, dict[str, Any]] = {name: {} for name in nodes}
+    policy = ("subgoal_planner", "flow_controller")
+
+    def set_policy(key: str, value: Any) -> None:
+        for name in policy:
+            over[name][key] = value
+
+    # bundle: always passed, always absolute (the file's value resolved against the base directory)
+    if args["bundle"]:
+        bundle = resolve_path(args["bundle"], here)
+    elif policy_files.get("bundle"):
+        bundle = resolve_path(str(policy_files["bundle"]), base)
+    else:
+        raise StackError(f"no bundle: set `bundle` in {spec.config} or pass the bundle argument")
+    set_policy("bundle", bundle)
+
+    # mode: the sim's stepping and the controller's trigger always agree
+    mode = args["mode"] or str(files.get("mujoco_sim", {}).get("mode") or "")
+    if mode:
+        if mode not in MODES:
+            raise StackError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        over["flow_controller"]["trigger"] = TRIGGER[mode]
+        if with_sim:
+            over["mujoco_sim"]["mode"] = mode
+    trigger = over["flow_controller"].get("trigger", policy_files.get("trigger", "timer"))
+
+    if args["replan_every"]:
+        set_policy("replan_every", _parse_number("replan_every", args["replan_every"], int))
+    if args["rate_hz"]:
+        over["subgoal_planner"]["rate_hz"] = _parse_number("rate_hz", args["rate_hz"], float)
+    rate_hz = over["subgoal_planner"].get("rate_hz", files["subgoal_planner"].get("rate_hz", 0.0))
+    if rate_hz and trigger == "observation":
+        raise StackError("rate_hz applies to realtime runs: in lockstep (controller trigger `observation`) the "
+                         "planner and controller must share replan_every; set replan_every instead")
+    if args["control_period_s"]:
+        period = _parse_number("control_period_s", args["control_period_s"], float)
+        over["flow_controller"]["control_period_s"] = period
+        if with_sim:
+            over["mujoco_sim"]["control_period_s"] = period
+    if args["executor"]:
+        set_policy("executor", args["executor"])
+    if args["providers"]:
+        providers = _parse_list(args["providers"])
+        if not providers:
+            raise StackError(f"providers must name at least one provider, got {args['providers']!r}")
+        set_policy("providers", providers)
+
+    output = args["command_output"] or str(policy_files.get("command_output", "sim"))
+    if args["command_output"]:
+        over["flow_controller"]["command_output"] = output
+    remaps: dict[str, tuple[tuple[str, str], ...]] = {}
+    if with_sim and output == "forward":  # the sim takes forward-controller arrays on its own input
+        controller = str(policy_files.get("forward_controller", "forward_position_controller")).rstrip("/")
+        remaps["mujoco_sim"] = ((SIM_FORWARD_TOPIC, f"{controller}/commands"),)
+    elif with_sim and output == "servo_twist":
+        raise StackError("command_output servo_twist needs MoveIt Servo (a real arm): use it with sim:=false")
+
+    if with_sim:
+        if args["tasks"]:
+            over["mujoco_sim"]["tasks"] = _parse_tasks(args["tasks"])
+        for key in ("episodes_per_task", "max_episode_steps", "seed"):
+            if args[key]:
+                over["mujoco_sim"][key] = _parse_number(key, args[key], int)
+        if args["episodes_per_task"] and over["mujoco_sim"]["episodes_per_task"] < 1:
+            raise StackError("episodes_per_task must be >= 1")
+    else:
+        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed") if args[k]]
+        if ignored:
+            raise StackError(f"{', '.join(ignored)} configure the sim: they need sim:=true")
+
+    return [NodeLaunch(n.executable, n.name, tuple(str(base / f) for f in n.param_files), over[name],
+                       remaps.get(name, ())) for name, n in nodes.items()]
+
+
+def effective_parameters(launch: NodeLaunch) -> dict[str, Any]:
+    """What the node will see: its parameter files, then the override file (for reports and tests)."""
+    return node_parameters([*launch.param_files, launch.override_blocks()], launch.name)

@@ -1,0 +1,367 @@
+"""launch/*.launch.py ↔ nfhiql-bringup agreement, the stack description, and real bringup runs.
+
+`launch`/`launch_ros` are not installable here, so each launch file is executed against small stub
+modules that record what it builds (DeclareLaunchArgument, Node, ...), and its OpaqueFunction is run
+with launch arguments; the nodes it would start are compared with what bringup starts for the same
+options. Real runs use the navigation stack with a tiny test bundle, an isolated ROS_DOMAIN_ID
+(150..229, away from the 1..100 the other ROS tests draw from), localhost discovery, hard timeouts,
+and check by environment marker that no process of the run outlives it.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nfhiql_ros import bringup, stack
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILES = {name: ROOT / "launch" / f"{name}.launch.py" for name in stack.STACKS}
+DOMAINS = iter(random.Random(os.getpid()).sample(range(150, 230), 80))
+MARK = "NFHIQL_TEST_MARK"
+
+
+# ---- launch files, executed against stubs --------------------------------------------------------
+
+class _Recorded:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration(_Recorded):
+    def perform(self, context):
+        return context[self.args[0]]
+
+
+def _stub_modules(share: Path) -> dict[str, types.ModuleType]:
+    def module(name: str, **attrs) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        return mod
+
+    recorded = {n: type(n, (_Recorded,), {}) for n in (
+        "LaunchDescription", "DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction",
+        "RegisterEventHandler", "OnProcessExit", "Shutdown", "Node")}
+    return {
+        "launch": module("launch", LaunchDescription=recorded["LaunchDescription"]),
+        "launch.actions": module("launch.actions", **{n: recorded[n] for n in (
+            "DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction", "RegisterEventHandler")}),
+        "launch.event_handlers": module("launch.event_handlers", OnProcessExit=recorded["OnProcessExit"]),
+        "launch.events": module("launch.events", Shutdown=recorded["Shutdown"]),
+        "launch.substitutions": module("launch.substitutions", LaunchConfiguration=_LaunchConfiguration),
+        "launch_ros": module("launch_ros"),
+        "launch_ros.actions": module("launch_ros.actions", Node=recorded["Node"]),
+        "ament_index_python": module("ament_index_python"),
+        "ament_index_python.packages": module(
+            "ament_index_python.packages",
+            get_package_share_directory=lambda pkg: str(share) if pkg == stack.PACKAGE else
+            (_ for _ in ()).throw(LookupError(pkg))),
+    }
+
+
+@pytest.fixture(scope="module")
+def share(tmp_path_factory) -> Path:
+    """An installed share dir as colcon lays it out (config/, sim/, launch/ copied by data_files)."""
+    share = tmp_path_factory.mktemp("install") / "share" / stack.PACKAGE
+    for sub in ("config", "sim", "launch"):
+        shutil.copytree(ROOT / sub, share / sub, ignore=shutil.ignore_patterns("train"))
+    return share
+
+
+@pytest.fixture
+def launch_file(share, monkeypatch):
+    """load(stack) -> the launch file's module, imported with the stub launch modules."""
+    for name, mod in _stub_modules(share).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    def load(name: str) -> types.ModuleType:
+        path = share / "launch" / f"{name}.launch.py"
+        code = compile(path.read_text(), str(path), "exec")
+        mod = types.ModuleType(f"{name}_launch")
+        exec(code, mod.__dict__)
+        return mod
+
+    return load
+
+
+def launched_nodes(mod, arguments: dict[str, str]) -> tuple[list, list]:
+    """(declared arguments, Node kwargs and their event handlers) for these launch arguments."""
+    description = mod.generate_launch_description()
+    entities = description.args[0]
+    declared = [e for e in entities if type(e).__name__ == "DeclareLaunchArgument"]
+    context = {e.args[0]: e.kwargs["default_value"] for e in declared}
+    context.update(arguments)
+    opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+    assert len(opaque) == 1
+    actions = opaque[0].kwargs["function"](context)
+    return declared, actions
+
+
+def _normalized(executable, name, files, override_file_content, remappings, base: Path):
+    rel = tuple(str(Path(f).relative_to(base)) for f in files)
+    return executable, name, rel, override_file_content, tuple(tuple(r) for r in remappings)
+
+
+def from_launch(mod, arguments: dict[str, str], share: Path) -> list[tuple]:
+    _, actions = launched_nodes(mod, arguments)
+    out = []
+    for node in (a for a in actions if type(a).__name__ == "Node"):
+        kw = node.kwargs
+        assert kw["package"] == stack.PACKAGE and kw["output"] == "screen"
+        files = [f for f in kw["parameters"] if Path(f).is_relative_to(share)]
+        overrides = [f for f in kw["parameters"] if not Path(f).is_relative_to(share)]
+        assert kw["parameters"] == files + overrides  # the override file comes last
+        content = yaml.safe_load(Path(overrides[0]).read_text()) if overrides else None
+        out.append(_normalized(kw["executable"], kw["name"], files, content, kw["remappings"], share))
+    return out
+
+
+def from_bringup(name: str, options: list[str]) -> list[tuple]:
+    """What bringup starts, less its one documented addition: the sim waits for one more
+    `observation` subscriber (bringup's own listener)."""
+    args = bringup.parse_args([name, *options])
+    plan = stack.plan(name, bringup.launch_arguments(args))
+    params = {n.name: stack.effective_parameters(n) for n in plan}
+    started = bringup.with_monitor_gate(plan, params)
+    base = stack.find_base_dir()
+    out = []
+    for n in started:
+        overrides = dict(n.overrides)
+        if n.name == "mujoco_sim":
+            assert overrides.pop(bringup.GATE_PARAMETER) == params["mujoco_sim"]["min_observation_subscribers"] + 1
+        content = {f"/**/{n.name}": {"ros__parameters": overrides}} if overrides else None
+        out.append(_normalized(n.executable, n.name, n.param_files, content, n.remappings, base))
+    return out
+
+
+AGREEMENT_CASES = {
+    "defaults": ([], {}),
+    "everything": (
+        ["--bundle", "/opt/bundles/b", "--mode", "realtime", "--rate-hz", "2", "--control-period-s", "0.05",
+         "--executor", "events", "--providers", "CPU", "CUDA", "--tasks", "1", "3", "--episodes-per-task", "2",
+         "--max-episode-steps", "10", "--seed", "4", "--replan-every", "5", "--command-output", "forward"],
+        {"bundle": "/opt/bundles/b", "mode": "realtime", "rate_hz": "2.0", "control_period_s": "0.05",
+         "executor": "events", "providers": "CPU,CUDA", "tasks": "1,3", "episodes_per_task": "2",
+         "max_episode_steps": "10", "seed": "4", "replan_every": "5", "command_output": "forward"}),
+    "hardware": (["--no-sim", "--bundle", "/opt/b", "--command-output", "servo_twist", "--mode", "realtime"],
+                 {"sim": "false", "bundle": "/opt/b", "command_output": "servo_twist", "mode": "realtime"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AGREEMENT_CASES))
+@pytest.mark.parametrize("name", sorted(stack.STACKS))
+def test_launch_file_and_bringup_start_the_same_nodes(name, case, launch_file, share) -> None:
+    options, arguments = AGREEMENT_CASES[case]
+    launched = from_launch(launch_file(name), arguments, share)
+    started = from_bringup(name, options)
+    if not options or "--bundle" not in options:  # the file's relative bundle: each resolves it against its base
+        for nodes, base in ((launched, share), (started, stack.find_base_dir())):
+            for i, node in enumerate(nodes):
+                if node[3] and "bundle" in next(iter(node[3].values()))["ros__parameters"]:
+                    params = next(iter(node[3].values()))["ros__parameters"]
+                    assert Path(params["bundle"]).is_relative_to(base)
+                    params["bundle"] = str(Path(params["bundle"]).relative_to(base))
+    assert launched == started
+    names = [n[1] for n in started]
+    assert names == (["mujoco_sim"] if case != "hardware" else []) + ["subgoal_planner", "flow_controller"]
+    assert all(n[0] == n[1] for n in started)  # executable = node name = nfhiql_ros.<module>
+
+
+@pytest.mark.parametrize("name", sorted(stack.STACKS))
+def test_launch_file_declares_the_stack_arguments_and_stops_with_the_sim(name, launch_file) -> None:
+    declared, actions = launched_nodes(launch_file(name), {})
+    assert [(d.args[0], d.kwargs["default_value"]) for d in declared] == [(a.name, a.default) for a in stack.ARGUMENTS]
+    assert all(d.kwargs["description"] for d in declared)
+    handlers = [a for a in actions if type(a).__name__ == "RegisterEventHandler"]
+    assert len(handlers) == 1
+    on_exit = handlers[0].args[0]
+    assert on_exit.kwargs["target_action"].kwargs["name"] == "mujoco_sim"
+    assert any(type(a).__name__ == "EmitEvent" for a in on_exit.kwargs["on_exit"])
+    # every bringup option is a launch argument and vice versa
+    assert set(bringup.launch_arguments(bringup.parse_args([name]))) == {a.name for a in stack.ARGUMENTS}
+
+
+@pytest.mark.parametrize("name", sorted(stack.STACKS))
+def test_launch_file_source_uses_the_shared_description(name) -> None:
+    """AST: STACK names this file's stack, nodes come from stack.plan(STACK, ...) on the share dir,
+    arguments from stack.ARGUMENTS; no node, executable or parameter file is spelled out by hand."""
+    tree = ast.parse(LAUNCH_FILES[name].read_text())
+    assigns = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
+               if isinstance(t, ast.Name)}
+    assert isinstance(assigns["STACK"], ast.Constant) and assigns["STACK"].value == name
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    dotted = {ast.unparse(c.func) for c in calls}
+    assert {"stack.plan", "get_package_share_directory", "Node", "DeclareLaunchArgument"} <= dotted
+    plan_call = next(c for c in calls if ast.unparse(c.func) == "stack.plan")
+    assert ast.unparse(plan_call.args[0]) == "STACK" and [k.arg for k in plan_call.keywords] == ["base_dir"]
+    share_call = next(c for c in calls if ast.unparse(c.func) == "get_package_share_directory")
+    assert ast.unparse(share_call.args[0]) == "stack.PACKAGE"
+    node_call = next(c for c in calls if ast.unparse(c.func) == "Node")
+    kwargs = {k.arg: ast.unparse(k.value) for k in node_call.keywords}
+    assert kwargs["package"] == "stack.PACKAGE" and kwargs["executable"] == "node.executable"
+    assert kwargs["name"] == "node.name" and "node.param_files" in kwargs["parameters"]
+    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not literals & {"subgoal_planner", "flow_controller", "config/manipulation.yaml", "bundle"}
+
+
+# ---- the stack description --------------------------------------------------------------------------
+
+def test_stack_files_executables_and_status_names() -> None:
+    from nfhiql_ros import mujoco_sim
+
+    assert bringup.EPISODE_STATUS == mujoco_sim.STATUS_NAME and bringup.SUMMARY_STATUS == mujoco_sim.SUMMARY_NAME
+    for s in stack.STACKS.values():
+        for node in s.nodes:
+            assert (ROOT / stack.PACKAGE / f"{node.executable}.py").is_file()
+            for rel in node.param_files:
+                assert (ROOT / rel).is_file(), rel
+            assert node.param_files[-1] == s.config  # the stack's file is applied last
+    assert stack.find_base_dir() == ROOT
+
+
+def test_plan_resolves_paths_and_rejects_inconsistent_arguments(tmp_path) -> None:
+    nodes = {n.name: n for n in stack.plan("navigation", base_dir=ROOT, cwd=tmp_path)}
+    # the file's relative bundle → the base dir; an argument's → the current directory
+    assert nodes["flow_controller"].overrides["bundle"] == str(ROOT / "bundles" / "pointmaze-medium-navigate")
+    nodes = {n.name: n for n in stack.plan("navigation", {"bundle": "b"}, base_dir=ROOT, cwd=tmp_path)}
+    assert nodes["subgoal_planner"].overrides["bundle"] == str(tmp_path / "b")
+    assert nodes["flow_controller"].overrides["trigger"] == "observation"  # lockstep ⇒ observation trigger
+    assert nodes["mujoco_sim"].overrides == {"mode": "lockstep"}
+    # forward commands reach the sim on its forward-controller input
+    nodes = {n.name: n for n in stack.plan("manipulation", {"command_output": "forward"}, base_dir=ROOT)}
+    assert nodes["mujoco_sim"].remappings == (("forward_command", "forward_position_controller/commands"),)
+    for bad, match in (({"mode": "realtime", "rate_hz": "x"}, "number"), ({"rate_hz": "5"}, "lockstep"),
+                       ({"command_output": "servo_twist"}, "sim:=false"), ({"sim": "false", "tasks": "1"}, "sim"),
+                       ({"mode": "fast"}, "mode"), ({"tasks": "0"}, "tasks"), ({"nope": "1"}, "unknown"),
+                       ({"episodes_per_task": "0"}, "episodes_per_task")):
+        with pytest.raises(stack.StackError, match=match):
+            stack.plan("navigation", bad, base_dir=ROOT)
+
+
+def test_bringup_rejects_a_missing_bundle_before_starting_anything(tmp_path, capsys) -> None:
+    assert bringup.main(["navigation", "--bundle", str(tmp_path / "none")]) == 2
+    assert "no policy bundle" in capsys.readouterr().err
+
+
+# ---- real runs ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    from bundle_helpers import exported
+
+    return exported("flow", "rep")[1]
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries this run's marker (bringup passes its env to the nodes)."""
+    needle = f"{MARK}={marker}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    pids.append((int(entry.name), state))
+            except (OSError, IndexError):
+                continue
+    return [pid for pid, state in pids if state != "Z"] + [-pid for pid, state in pids if state == "Z"]
+
+
+def _assert_no_survivors(marker: str, report: dict | None) -> None:
+    deadline = time.monotonic() + 3
+    while _marked_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _marked_pids(marker) == [], "processes of the run are still there (negative: zombies)"
+    for name, pid in (report or {}).get("processes", {}).items():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # neither the node nor anything in its process group
+
+
+def _start(bundle: Path, tmp_path: Path, marker: str, *options: str) -> subprocess.Popen:
+    env = {**os.environ, MARK: marker, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    argv = [sys.executable, "-m", "nfhiql_ros.bringup", "navigation", "--bundle", str(bundle),
+            "--domain-id", str(next(DOMAINS)), "--json", str(tmp_path / "report.json"), *options]
+    return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+@pytest.fixture
+def reaper():
+    """Kill whatever a failed test left behind (by process group), after the test's own checks."""
+    procs: list[subprocess.Popen] = []
+    yield procs.append
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_bringup_runs_the_stack_and_leaves_nothing_behind(bundle, tmp_path, reaper) -> None:
+    marker = uuid.uuid4().hex
+    t0 = time.monotonic()
+    proc = _start(bundle, tmp_path, marker, "--tasks", "1", "2", "--max-episode-steps", "12", "--timeout", "60")
+    reaper(proc)
+    out, _ = proc.communicate(timeout=90)
+    elapsed = time.monotonic() - t0
+    print(out[-3000:], f"\n[bringup run: {elapsed:.1f} s]")
+    assert proc.returncode == 0, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "completed" and report["episodes"] == 2 == report["episodes_expected"]
+    assert set(report["tasks"]) == {"1", "2"} and all(t["episodes"] == 1 for t in report["tasks"].values())
+    assert report["planner"]["rate_hz"] > 0 and report["controller"]["rate_hz"] > 0
+    assert report["controller"]["commands"] >= 24 and report["planner"]["plans"] >= 2
+    assert report["latency_ms"]["controller_p50"] is not None and report["latency_ms"]["sim_p50"] is not None
+    assert report["sim"]["steps"] == 24 and report["sim"]["rejected_commands"] == 0
+    assert all(code == 0 for code in report["exit_codes"].values()), report["exit_codes"]
+    for text in ("task  episodes  success", "mean success", "planner ", "controller ", "Hz achieved", "OOD alarms",
+                 "observation→command p50/p99", "safe commands", "== nfhiql-bringup navigation: completed"):
+        assert text in out, text
+    # each node ran as its own process group, through `python -m nfhiql_ros.<node>`, with the config
+    for name in ("mujoco_sim", "subgoal_planner", "flow_controller"):
+        assert f"started {name} (pid {report['processes'][name]}): -m nfhiql_ros.{name} --ros-args" in out
+    assert "config/navigation.yaml" in out
+    _assert_no_survivors(marker, report)
+
+
+def test_sigint_stops_everything_within_seconds(bundle, tmp_path, reaper) -> None:
+    marker = uuid.uuid4().hex
+    proc = _start(bundle, tmp_path, marker, "--tasks", "1", "2", "3", "4", "5", "--max-episode-steps", "1000",
+                  "--timeout", "80")
+    reaper(proc)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    running = ("policy commands resumed", "safe command: stale subgoal", "safe command: no subgoal")
+    while not any("[flow_controller]" in ln and any(m in ln for m in running) for ln in list(lines)):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.1)
+    time.sleep(0.5)  # mid-episode
+    assert proc.poll() is None, "".join(lines)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=20)
+    stopped_in = time.monotonic() - t0
+    reader.join(timeout=5)
+    out = "".join(lines)
+    print(out[-2500:], f"\n[SIGINT → exit {rc} in {stopped_in:.2f} s]")
+    assert rc == 128 + signal.SIGINT, out
+    assert stopped_in < 8.0
+    assert "interrupted" in out and "Traceback" not in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["episodes"] < 5
+    assert report["exit_codes"]["flow_controller"] == 0  # stopped cleanly (safe command sent), not killed
+    _assert_no_survivors(marker, report)
