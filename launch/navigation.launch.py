@@ -5,58 +5,12 @@
     ros2 launch nfhiql_ros navigation.launch.py sim:=false   # a real robot
     ros2 launch nfhiql_ros navigation.launch.py --show-args
 
-Nodes, parameter files, arguments and how arguments become parameters are described once in
-`nfhiql_ros.stack` (shared with `nfhiql-bringup navigation`, the launch-free equivalent). Each
-node gets `parameters=[<share>/config/navigation.yaml (mujoco_sim: <share>/sim/pointmaze-medium.yaml
-first), <the launch arguments' overrides>]`; the overrides are a parameter file keyed `/**/<node>`
-like the blocks they override (a dict would be keyed `/**` by launch_ros and lose to those blocks;
-see nfhiql_ros/stack.py). The launch ends when the sim has run its last episode (mujoco_sim exits
-when done), as bringup does.
+The nodes and arguments come from `nfhiql_ros.stack` via `nfhiql_ros.launch_stack`.
 """
-import tempfile
-
-from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch.events import Shutdown
-from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
-
-from nfhiql_ros import stack
+from nfhiql_ros.launch_stack import stack_launch_description
 
 STACK = "navigation"
 
 
-def launch_nodes(context, *args, **kwargs):
-    """The stack's nodes for the launch arguments as given (evaluated at launch time)."""
-    share = get_package_share_directory(stack.PACKAGE)
-    arguments = {a.name: LaunchConfiguration(a.name).perform(context) for a in stack.ARGUMENTS}
-    overrides_dir = tempfile.mkdtemp(prefix="nfhiql_launch_")
-    actions = []
-    for node in stack.plan(STACK, arguments, base_dir=share):
-        override_file = stack.write_override_file(node, overrides_dir)
-        action = Node(
-            package=stack.PACKAGE,
-            executable=node.executable,
-            name=node.name,
-            parameters=[*node.param_files, *([override_file] if override_file else [])],
-            remappings=list(node.remappings),
-            output="screen",
-            emulate_tty=True,
-        )
-        actions.append(action)
-        if node.name == "mujoco_sim":  # the run is over when the sim has run every episode
-            actions.append(RegisterEventHandler(OnProcessExit(target_action=action, on_exit=[
-                LogInfo(msg="mujoco_sim finished: shutting the stack down"),
-                EmitEvent(event=Shutdown(reason="mujoco_sim finished")),
-            ])))
-    return actions
-
-
 def generate_launch_description():
-    return LaunchDescription([
-        *[DeclareLaunchArgument(a.name, default_value=a.default, description=a.description)
-          for a in stack.ARGUMENTS],
-        OpaqueFunction(function=launch_nodes),
-    ])
+    return stack_launch_description(STACK)

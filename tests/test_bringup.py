@@ -86,6 +86,7 @@ def launch_file(share, monkeypatch):
     """load(stack) -> the launch file's module, imported with the stub launch modules."""
     for name, mod in _stub_modules(share).items():
         monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.delitem(sys.modules, "nfhiql_ros.launch_stack", raising=False)  # re-import with the stubs
 
     def load(name: str) -> types.ModuleType:
         path = share / "launch" / f"{name}.launch.py"
@@ -106,7 +107,7 @@ def launched_nodes(mod, arguments: dict[str, str]) -> tuple[list, list]:
     context.update(arguments)
     opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
     assert len(opaque) == 1
-    actions = opaque[0].kwargs["function"](context)
+    actions = opaque[0].kwargs["function"](context, *opaque[0].kwargs.get("args", []))
     return declared, actions
 
 
@@ -196,25 +197,30 @@ def test_launch_file_declares_the_stack_arguments_and_stops_with_the_sim(name, l
 
 @pytest.mark.parametrize("name", sorted(stack.STACKS))
 def test_launch_file_source_uses_the_shared_description(name) -> None:
-    """AST: STACK names this file's stack, nodes come from stack.plan(STACK, ...) on the share dir,
-    arguments from stack.ARGUMENTS; no node, executable or parameter file is spelled out by hand."""
+    """AST: the launch file names its stack and delegates to launch_stack, whose nodes come from
+    stack.plan(stack_name, ...) on the share dir and arguments from stack.ARGUMENTS; no node,
+    executable or parameter file is spelled out by hand."""
     tree = ast.parse(LAUNCH_FILES[name].read_text())
     assigns = {t.id: n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets
                if isinstance(t, ast.Name)}
     assert isinstance(assigns["STACK"], ast.Constant) and assigns["STACK"].value == name
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    assert "stack_launch_description(STACK)" in {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+
+    shared = ast.parse((ROOT / stack.PACKAGE / "launch_stack.py").read_text())
+    calls = [n for n in ast.walk(shared) if isinstance(n, ast.Call)]
     dotted = {ast.unparse(c.func) for c in calls}
     assert {"stack.plan", "get_package_share_directory", "Node", "DeclareLaunchArgument"} <= dotted
     plan_call = next(c for c in calls if ast.unparse(c.func) == "stack.plan")
-    assert ast.unparse(plan_call.args[0]) == "STACK" and [k.arg for k in plan_call.keywords] == ["base_dir"]
+    assert ast.unparse(plan_call.args[0]) == "stack_name" and [k.arg for k in plan_call.keywords] == ["base_dir"]
     share_call = next(c for c in calls if ast.unparse(c.func) == "get_package_share_directory")
     assert ast.unparse(share_call.args[0]) == "stack.PACKAGE"
     node_call = next(c for c in calls if ast.unparse(c.func) == "Node")
     kwargs = {k.arg: ast.unparse(k.value) for k in node_call.keywords}
     assert kwargs["package"] == "stack.PACKAGE" and kwargs["executable"] == "node.executable"
     assert kwargs["name"] == "node.name" and "node.param_files" in kwargs["parameters"]
-    literals = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    assert not literals & {"subgoal_planner", "flow_controller", "config/manipulation.yaml", "bundle"}
+    for source in (tree, shared):
+        literals = {n.value for n in ast.walk(source) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not literals & {"subgoal_planner", "flow_controller", "config/manipulation.yaml", "bundle"}
 
 
 # ---- the stack description --------------------------------------------------------------------------

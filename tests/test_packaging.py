@@ -165,17 +165,20 @@ def test_parameter_files_and_overrides_load_into_the_node_dataclasses(name: str,
 
 
 def test_launch_files_use_no_other_runtime_imports() -> None:
-    """Launch files import only launch/launch_ros/ament_index and the launch-free stack description."""
+    """Launch files (and the launch description they share) import only launch/launch_ros/
+    ament_index, the launch-free stack description and that shared description."""
     import ast
 
     allowed = {"launch", "launch_ros", "ament_index_python", "nfhiql_ros"}
-    for path in (ROOT / "launch").glob("*.launch.py"):
+    for path in [*(ROOT / "launch").glob("*.launch.py"), ROOT / "nfhiql_ros" / "launch_stack.py"]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 assert node.module.split(".")[0] in allowed, (path.name, node.module)
                 if node.module == "nfhiql_ros":
                     assert [a.name for a in node.names] == ["stack"], path.name
+                elif node.module.startswith("nfhiql_ros."):
+                    assert node.module == "nfhiql_ros.launch_stack", path.name
             elif isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] in allowed | {"os", "tempfile"} for a in node.names), path.name
     # ...and the stack description itself needs neither rclpy nor launch (launch imports it).
