@@ -61,5 +61,7 @@ setup(
         "flow_controller = nfhiql_ros.flow_controller:main",
         "mujoco_sim = nfhiql_ros.mujoco_sim:main",
         "nfhiql-bringup = nfhiql_ros.bringup:main",
+    ], "nfhiql.bench": [
+        "ros = nfhiql_ros.bench_ros:register",
     ]},
 )

@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_bench_replan)
+    from importlib.metadata import entry_points
+    for ep in entry_points(group="nfhiql.bench"):  # e.g. `ros` (nfhiql_ros): core never imports ROS itself
+        ep.load()(bench)
     return parser
 
 
