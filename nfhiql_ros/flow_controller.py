@@ -18,7 +18,7 @@ Topics (relative names, so a namespace moves them all):
 
 Triggers. `timer` (realtime): every control period act on the latest observation and the latest
 subgoal. `observation` (lockstep, README's contract): act once per observation k with the subgoal
-planned from observation k − k % replan_every, waiting for it up to subgoal_timeout_s.
+planned from observation k − k % replan_every, waiting for it up to subgoal_wait_s.
 
 Safety (this node's job; the planner and the policy runtime do no safety):
 * a message that cannot be used (wrong length, NaN/inf, zero stamp, an observation not newer than the
@@ -89,6 +89,9 @@ class ControllerParams(PolicyParams):
     control_period_s: float = 0.0  # 0 = the bundle's control period
     observation_timeout_s: float = 0.0  # 0 = 1.5 control periods
     subgoal_timeout_s: float = 0.0  # 0 = 2 control periods
+    # trigger `observation` (lockstep): how long an observation waits for its planned subgoal before
+    # the safe command answers it. The sim does not step meanwhile, so waiting only costs wall time.
+    subgoal_wait_s: float = 1.0
     safe_command: str = "zero"
     max_delta_per_step: float = 0.0  # 0 = no rate limit
     ood_alarm: bool = True
@@ -105,7 +108,8 @@ class ControllerParams(PolicyParams):
                               ("ood_action", OOD_ACTIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        for name in ("control_period_s", "observation_timeout_s", "subgoal_timeout_s", "max_delta_per_step"):
+        for name in ("control_period_s", "observation_timeout_s", "subgoal_timeout_s", "subgoal_wait_s",
+                     "max_delta_per_step"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if len(self.twist_axes) != 6 or len(self.twist_scale) != 6:
@@ -180,6 +184,7 @@ class FlowController(Node):
         self.every = replan_every(p, self.runtime)
         self.obs_timeout_ns = int(1e9 * (p.observation_timeout_s or 1.5 * self.period_s))
         self.subgoal_timeout_ns = int(1e9 * (p.subgoal_timeout_s or 2.0 * self.period_s))
+        self.subgoal_wait_ns = int(1e9 * p.subgoal_wait_s)
         self.replan_ns = int(1e9 * self.every * self.period_s)
         self.low = np.asarray(meta.action_low, dtype=np.float64)
         self.high = np.asarray(meta.action_high, dtype=np.float64)
@@ -335,7 +340,7 @@ class FlowController(Node):
     def watchdog(self, now: int) -> None:
         """Observation trigger: subgoal wait timeout, and one safe command when observations stop."""
         if self.pending is not None:
-            if now - self.pending.arrival > self.subgoal_timeout_ns:
+            if now - self.pending.arrival > self.subgoal_wait_ns:
                 stamp, self.pending = self.pending.stamp, None
                 reason = "stale_subgoal" if self.subgoals else "no_subgoal"
                 self.send_safe(reason, stamp, now, "no subgoal for this observation in time")

@@ -265,7 +265,7 @@ def test_lockstep_commands_equal_the_runtime_and_malformed_messages_are_dropped(
     shared = common(bundle, replan_every=every, executor="single_threaded")
     launch("subgoal_planner", shared)
     launch("flow_controller", {**shared, "trigger": "observation", "observation_timeout_s": 5.0,
-                               "subgoal_timeout_s": 5.0})
+                               "subgoal_wait_s": 5.0})
     driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
     received, sequences = [], []
     for goal, start, malformed in ((np.array([15.0, 12.0]), np.array([2.0, 3.0]), True),
@@ -364,7 +364,7 @@ def test_killed_planner_holds_the_subgoal_then_stops_safely(ros, bundle) -> None
 def test_forward_and_servo_outputs_and_sigint_sends_a_safe_command(ros, bundle, runtime) -> None:
     driver, launch = ros
     shared = common(bundle, replan_every=2)
-    lockstep = {"trigger": "observation", "observation_timeout_s": 10.0, "subgoal_timeout_s": 5.0}
+    lockstep = {"trigger": "observation", "observation_timeout_s": 10.0, "subgoal_wait_s": 5.0}
     axes, scale = [1, 0, -1, -1, -1, 0], [2.0, 1.0, 1.0, 1.0, 1.0, 0.5]
     launch("subgoal_planner", {**shared, "executor": "events"})
     forward = launch("flow_controller", {**shared, **lockstep, "command_output": "forward"}, name="forward_ctrl")
@@ -414,7 +414,7 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
     shared = common(bundle, replan_every=1)
     launch("subgoal_planner", shared)
     launch("flow_controller", {**shared, "trigger": "observation", "observation_timeout_s": 10.0,
-                               "subgoal_timeout_s": 5.0, "ood_alarm": True, "ood_action": "warn"})
+                               "subgoal_wait_s": 5.0, "ood_alarm": True, "ood_action": "warn"})
     driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
     driver.publish_goal(goal)
     for obs in inside:
