@@ -19,7 +19,6 @@ exactly zero). The controller is always stopped (SIGINT, SIGKILL after a grace p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys

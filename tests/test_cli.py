@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from nfhiql_core.checkpoint import load_checkpoint
 from recipes import make_dataset, write_recipe
