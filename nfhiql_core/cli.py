@@ -1,4 +1,4 @@
-"""`nfhiql` command line: one verb per job (datagen, train, eval, export, plot, bench)."""
+"""`nfhiql` command line: one verb per job (datagen, train, eval, export, experiment, plot, bench)."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +106,17 @@ def _bench_train(args: argparse.Namespace) -> None:
                 compute_dtypes=args.compute_dtypes)
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    from nfhiql_core.experiment import load_experiment_config, run_experiment, write_report
+
+    config = load_experiment_config(args.config)
+    report = write_report(config) if args.report_only else run_experiment(config, args.jobs, not args.quiet)
+    out = Path(config.output_dir)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'curves.png'}, {out / 'data_fraction.png'} "
+          f"({len(report['runs'])} finished runs)")
+
+
 def _plot(args: argparse.Namespace) -> None:
     from nfhiql_core.plots import plot_runs
 
@@ -165,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5, help="ORT vs torch parity tolerance")
     p.add_argument("--force", action="store_true", help="replace a non-empty bundle directory")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("experiment", help="train and evaluate a grid (task × policy × data fraction × seed); resumable")
+    p.add_argument("config", help="grid YAML, e.g. config/experiments/cpu-grid.yaml")
+    p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: the config's)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_experiment)
 
     p = sub.add_parser("plot", help="learning curves (eval success, losses) of one or more runs")
     p.add_argument("run_dirs", nargs="+")

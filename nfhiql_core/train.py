@@ -38,6 +38,7 @@ class LoopConfig:
     batch_size: int = 1024
     log_interval: int = 1000
     eval_interval: int = 100_000  # 0 disables periodic evaluation
+    eval_start: int = 0  # no periodic evaluation before this step (the final step is always evaluated)
     eval_episodes: int = 50  # per task
     eval_temperature: float = 0.0
     checkpoint_interval: int = 10_000
@@ -48,6 +49,8 @@ class LoopConfig:
         for name in ("steps", "batch_size", "log_interval", "checkpoint_interval", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.eval_interval < 0 or self.eval_start < 0:
+            raise ValueError("eval_interval and eval_start must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,8 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
             tick, tick_step = now, step
             metrics.log("train", step, values)
             bar.set_postfix(loss=f"{values['loss']:.3f}", sps=f"{values['steps_per_s']:.1f}")
-        if config.env and loop.eval_interval and (step % loop.eval_interval == 0 or step == loop.steps):
+        if config.env and loop.eval_interval and (step == loop.steps
+                                                  or (step >= loop.eval_start and step % loop.eval_interval == 0)):
             _evaluate_and_log(agent, config, step, metrics, progress)
         if step % loop.checkpoint_interval == 0 or step == loop.steps:
             save_checkpoint(ckpt_path, agent, config, step, rng)

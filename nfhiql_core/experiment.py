@@ -1,0 +1,363 @@
+"""Experiment grids: task × policy × data fraction × seed, trained and evaluated run by run.
+
+A grid config (YAML, see config/experiments/) names base training recipes per task and the
+axes to sweep. Each cell is an ordinary `nfhiql train` run in its own directory, started as a
+subprocess (`jobs` at a time) with `--resume`, so a killed grid continues where it stopped:
+finished cells (those with a `result.json`) are skipped, interrupted ones resume from their last
+checkpoint. Each cell's success follows OGBench's protocol: the mean of its last `final_evals`
+periodic evaluations (5 tasks × eval_episodes each). The report aggregates seeds (mean ± sample
+std), the data-fraction retention, and the budget (steps, batch, nets, wall time, device), and
+writes `results.md`, `results.json`, `curves.png` (learning curves with seed spread) and
+`data_fraction.png` (success vs data fraction).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from nfhiql_core.atomic_io import atomic_open, save_json
+from nfhiql_core.config import from_dict, load_yaml, to_dict
+from nfhiql_core.errors import ConfigError, NfhiqlError
+from nfhiql_core.metrics import read_csv
+from nfhiql_core.train import TrainConfig, load_train_config
+
+RESULT_NAME = "result.json"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of the grid: a base recipe, the overrides that set the grid's budget, and a reference."""
+
+    name: str
+    recipe: str
+    overrides: tuple[str, ...] = ()
+    reference: str = ""  # published figure to compare the Gaussian control with, e.g. "OGBench HIQL 79 ± 5 %"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A grid: every task × policy × data fraction × seed is one training run."""
+
+    output_dir: str
+    tasks: tuple[TaskSpec, ...]
+    policies: tuple[str, ...] = ("flow", "gaussian")
+    data_fractions: tuple[float, ...] = (1.0, 0.1)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    final_evals: int = 3  # success of a run = mean of its last `final_evals` evaluations
+    jobs: int = 1  # runs trained at the same time (each uses the recipe's train.threads)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tasks or not self.policies or not self.data_fractions or not self.seeds:
+            raise ValueError("tasks, policies, data_fractions and seeds must be non-empty")
+        if len({t.name for t in self.tasks}) != len(self.tasks):
+            raise ValueError("task names must be unique")
+        if any(not 0.0 < f <= 1.0 for f in self.data_fractions):
+            raise ValueError(f"data_fractions must lie in (0, 1] (got {list(self.data_fractions)})")
+        if self.final_evals < 1 or self.jobs < 1:
+            raise ValueError("final_evals and jobs must be >= 1")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    task: str
+    policy: str
+    data_fraction: float
+    seed: int
+    run_dir: Path
+    recipe: TrainConfig = field(compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.policy}-frac{self.data_fraction:g}-seed{self.seed}"
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a grid config."""
+    return from_dict(ExperimentConfig, load_yaml(path), str(path))
+
+
+def grid_cells(config: ExperimentConfig) -> list[Cell]:
+    """All cells in run order: task by task (config order), then seed, data fraction, policy.
+
+    Each cell's recipe is the task's base recipe with the task's overrides and the cell's policy,
+    data fraction, seed and run directory; every recipe is validated here, before anything runs.
+    """
+    cells = []
+    for task in config.tasks:
+        for seed, fraction, policy in itertools.product(config.seeds, config.data_fractions, config.policies):
+            run_dir = Path(config.output_dir) / task.name / f"{policy}-frac{fraction:g}-seed{seed}"
+            overrides = [*task.overrides, f"agent.policy={policy}", f"dataset.data_fraction={fraction}",
+                         f"seed={seed}", f"run_dir={run_dir}"]
+            recipe = load_train_config(task.recipe, overrides)
+            if not recipe.env:
+                raise ConfigError(f"{task.recipe}: env is required in a grid recipe (runs are scored by evaluation)")
+            if not recipe.train.eval_interval:
+                raise ConfigError(f"{task.recipe}: train.eval_interval must be > 0 in a grid recipe")
+            cells.append(Cell(task.name, policy, fraction, seed, run_dir, recipe))
+    return cells
+
+
+def run_experiment(config: ExperimentConfig, jobs: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train every unfinished cell (`jobs` at a time), then write and return the report."""
+    cells = grid_cells(config)
+    todo = [c for c in cells if not (c.run_dir / RESULT_NAME).exists()]
+    out = Path(config.output_dir)
+    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="run",
+              disable=not progress, dynamic_ncols=True) as bar:
+        def work(cell: Cell) -> None:
+            error = _run_cell(cell, config.final_evals, out)
+            if error:
+                failures.append(error)
+                tqdm.write(f"FAILED {error}")
+            else:
+                tqdm.write(f"done {cell.key}")
+            bar.update(1)
+
+        with ThreadPoolExecutor(max_workers=jobs or config.jobs) as pool:
+            list(pool.map(work, todo))
+    report = write_report(config)
+    if failures:
+        raise NfhiqlError(f"{len(failures)} run(s) failed, first: {failures[0]}")
+    return report
+
+
+def _run_cell(cell: Cell, final_evals: int, out: Path) -> str | None:
+    """Train one cell to completion as a subprocess and write its result; an error line on failure."""
+    name = cell.key.replace("/", "__")
+    recipe_path = out / "recipes" / f"{name}.yaml"
+    with atomic_open(recipe_path, "w") as f:
+        yaml.safe_dump(to_dict(cell.recipe), f, sort_keys=False)
+    log_path = out / "logs" / f"{name}.log"
+    command = [sys.executable, "-m", "nfhiql_core.cli", "train", "--config", str(recipe_path), "--resume", "--quiet"]
+    with log_path.open("a") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
+    if code != 0:
+        return f"{cell.key}: nfhiql train exited with {code} (log: {log_path})"
+    try:
+        save_json(cell.run_dir / RESULT_NAME, cell_result(cell, final_evals))
+    except NfhiqlError as exc:
+        return str(exc)
+    return None
+
+
+def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
+    """A finished cell's score (mean of its last `final_evals` evaluations) and budget."""
+    eval_csv = cell.run_dir / "eval.csv"
+    rows = read_csv(eval_csv) if eval_csv.exists() else []
+    if len(rows) < final_evals:
+        raise NfhiqlError(f"{eval_csv}: {len(rows)} evaluation(s), the grid scores the mean of the last {final_evals}")
+    last = rows[-final_evals:]
+    tasks = sorted(k for k in last[0] if k.startswith("task"))
+    loop = cell.recipe.train
+    return {
+        "task": cell.task, "policy": cell.policy, "data_fraction": cell.data_fraction, "seed": cell.seed,
+        "success": float(np.mean([r["success"] for r in last])),
+        "per_task": {t: float(np.mean([r[t] for r in last])) for t in tasks},
+        "evaluated_steps": [int(r["step"]) for r in last],
+        "train_wall_s": _train_seconds(cell.run_dir / "train.csv", loop.log_interval),
+        "steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
+        "device": _device_name(loop.device), "threads": loop.threads,
+        "agent": to_dict(cell.recipe.agent),
+    }
+
+
+def _train_seconds(train_csv: Path, log_interval: int) -> float:
+    """Gradient-step wall time from the logged throughput (excludes evaluation; survives resumes)."""
+    rows = read_csv(train_csv)
+    return float(sum(log_interval / r["steps_per_s"] for r in rows if r["steps_per_s"] > 0))
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({cpu}, {os.cpu_count()} cores)"
+
+
+# --------------------------------------------------------------------------------- report
+def write_report(config: ExperimentConfig) -> dict[str, Any]:
+    """Aggregate finished cells into results.json / results.md and the two figures."""
+    cells = grid_cells(config)
+    results = {c.key: _load_result(c) for c in cells}
+    groups = []
+    for task in config.tasks:
+        for fraction, policy in itertools.product(config.data_fractions, config.policies):
+            members = [c for c in cells if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
+            done = [results[c.key] for c in members if results[c.key] is not None]
+            scores = [r["success"] for r in done]
+            groups.append({
+                "task": task.name, "policy": policy, "data_fraction": fraction,
+                "seeds_done": [r["seed"] for r in done], "seeds_planned": list(config.seeds),
+                "success_per_seed": scores,
+                "success_mean": float(np.mean(scores)) if scores else None,
+                "success_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in done])) if done else None,
+                "budget": _budget(members[0].recipe, config.final_evals),
+                "device": done[0]["device"] if done else None,
+            })
+    report = {"config": to_dict(config), "groups": groups, "retention": _retention(groups),
+              "runs": {k: v for k, v in results.items() if v is not None}}
+    out = Path(config.output_dir)
+    save_json(out / "results.json", report)
+    with atomic_open(out / "results.md", "w") as f:
+        f.write(_markdown(config, report))
+    _plot_curves(config, cells, out / "curves.png")
+    _plot_fractions(config, groups, out / "data_fraction.png")
+    return report
+
+
+def _load_result(cell: Cell) -> dict[str, Any] | None:
+    path = cell.run_dir / RESULT_NAME
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _budget(recipe: TrainConfig, final_evals: int) -> dict[str, Any]:
+    agent, loop = recipe.agent, recipe.train
+    return {"steps": loop.steps, "batch_size": loop.batch_size,
+            "actor_hidden_dims": list(agent.actor_hidden_dims), "value_hidden_dims": list(agent.value_hidden_dims),
+            "flow": f"{agent.flow_blocks} couplings × {list(agent.flow_hidden_dims)}",
+            "eval": f"last {final_evals} of evals every {loop.eval_interval} steps from {loop.eval_start}, "
+                    f"5 tasks × {loop.eval_episodes} episodes"}
+
+
+def _retention(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Success with the smallest data fraction relative to full data, per task and policy."""
+    rows = []
+    by_key = {(g["task"], g["policy"], g["data_fraction"]): g for g in groups}
+    for (task, policy, fraction), g in by_key.items():
+        full = by_key.get((task, policy, 1.0))
+        if fraction == 1.0 or full is None or g["success_mean"] is None or not full["success_mean"]:
+            continue
+        rows.append({"task": task, "policy": policy, "data_fraction": fraction,
+                     "retention": g["success_mean"] / full["success_mean"]})
+    return rows
+
+
+def _fmt(mean: float | None, std: float | None, n: int, planned: int) -> str:
+    if mean is None:
+        return "—"
+    text = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+    return text + ("" if n == planned else f" ({n}/{planned} seeds)")
+
+
+def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
+    lines = [f"# Experiment results: {config.output_dir}", ""]
+    if config.description:
+        lines += [config.description.strip(), ""]
+    lines += ["Success (%) = mean over seeds of each run's mean of its last "
+              f"{config.final_evals} evaluations (OGBench protocol: 5 tasks); ± = sample std over seeds.", "",
+              "| task | data | " + " | ".join(config.policies) + " | budget | train wall time / run | device |",
+              "|---|---|" + "---|" * len(config.policies) + "---|---|---|"]
+    groups = report["groups"]
+    for task in config.tasks:
+        for fraction in config.data_fractions:
+            row = [g for g in groups if g["task"] == task.name and g["data_fraction"] == fraction]
+            cells = [_fmt(g["success_mean"], g["success_std"], len(g["seeds_done"]), len(g["seeds_planned"]))
+                     for g in row]
+            b = row[0]["budget"]
+            budget = (f"{b['steps']} steps, batch {b['batch_size']}, actor {b['actor_hidden_dims']}, "
+                      f"value {b['value_hidden_dims']}, flow {b['flow']}")
+            walls = [g["train_wall_s_mean"] for g in row if g["train_wall_s_mean"] is not None]
+            wall = " / ".join(f"{g['policy']} {g['train_wall_s_mean'] / 60:.0f} min" for g in row
+                              if g["train_wall_s_mean"] is not None) if walls else "—"
+            device = next((g["device"] for g in row if g["device"]), "—")
+            lines.append(f"| {task.name} | {fraction:g} | " + " | ".join(cells) + f" | {budget} | {wall} | {device} |")
+    lines += ["", "Data efficiency (success with less data ÷ success with all data):", ""]
+    lines += [f"- {r['task']}, {r['policy']}, data {r['data_fraction']:g}: {100 * r['retention']:.0f} %"
+              for r in report["retention"]] or ["- (not enough finished runs yet)"]
+    refs = [t for t in config.tasks if t.reference]
+    if refs:
+        lines += ["", "Published reference for the Gaussian control:", ""]
+        lines += [f"- {t.name}: {t.reference}" for t in refs]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(config.tasks), figsize=(5.5 * len(config.tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], config.tasks):
+        for fraction, policy in itertools.product(config.data_fractions, config.policies):
+            curves = [read_csv(c.run_dir / "eval.csv") for c in cells
+                      if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)
+                      and (c.run_dir / "eval.csv").exists()]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            steps = np.array([r["step"] for r in curves[0][:n]])
+            success = np.array([[r["success"] for r in c[:n]] for c in curves])
+            mean = success.mean(0)
+            line, = ax.plot(steps, mean, marker="o", ms=3, linestyle="-" if fraction == 1.0 else "--",
+                            label=f"{policy}, data {fraction:g} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                ax.fill_between(steps, success.min(0), success.max(0), color=line.get_color(), alpha=0.15)
+        ax.set_title(task.name)
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("success (shaded: min–max over seeds)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _plot_fractions(config: ExperimentConfig, groups: list[dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(config.tasks), figsize=(4.5 * len(config.tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], config.tasks):
+        for policy in config.policies:
+            rows = sorted((g for g in groups if g["task"] == task.name and g["policy"] == policy
+                           and g["success_mean"] is not None), key=lambda g: g["data_fraction"])
+            if rows:
+                ax.errorbar([g["data_fraction"] for g in rows], [g["success_mean"] for g in rows],
+                            yerr=[g["success_std"] or 0.0 for g in rows], marker="o", capsize=3, label=policy)
+        ax.set_xscale("log")
+        ax.set_title(task.name)
+        ax.set_xlabel("fraction of the dataset")
+        ax.set_ylabel("success (mean ± std over seeds)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    _pyplot().close(fig)

@@ -1,0 +1,140 @@
+"""Experiment grids: cell expansion, scoring (mean of the last evaluations), aggregation over seeds,
+and a real tiny grid (subprocess training + pointmaze evaluation) that resumes where it stopped."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from nfhiql_core.cli import main
+from nfhiql_core.errors import ConfigError, NfhiqlError
+from nfhiql_core.experiment import (RESULT_NAME, cell_result, grid_cells, load_experiment_config, run_experiment,
+                                    write_report)
+from nfhiql_core.metrics import MetricsLogger, read_csv
+from recipes import make_dataset, write_recipe
+
+TASK = "pointmaze-medium-navigate"
+
+
+def write_grid(tmp_path: Path, steps: int = 20, **fields) -> Path:
+    """A grid over a tiny recipe on a 2-D random walk, evaluated in pointmaze (2-D observations)."""
+    dataset = make_dataset(tmp_path / "walk.npz")
+    recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "unused", dataset, log_interval=10)
+    data = yaml.safe_load(recipe.read_text())
+    data["env"] = TASK
+    recipe.write_text(yaml.safe_dump(data))
+    grid = {"output_dir": str(tmp_path / "grid"), "policies": ["flow", "gaussian"], "data_fractions": [1.0],
+            "seeds": [0], "final_evals": 2, "jobs": 2,
+            "tasks": [{"name": TASK, "recipe": str(recipe),
+                       "overrides": [f"train.steps={steps}", "train.eval_interval=10", "train.eval_episodes=1"],
+                       "reference": "OGBench HIQL 79 ± 5 %"}], **fields}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def test_cells_cover_the_grid_with_their_own_recipes(tmp_path):
+    config = load_experiment_config(write_grid(tmp_path, seeds=[0, 1], data_fractions=[1.0, 0.1]))
+    cells = grid_cells(config)
+    assert len(cells) == 2 * 2 * 2
+    assert len({c.run_dir for c in cells}) == len(cells)
+    for c in cells:
+        assert (c.recipe.agent.policy, c.recipe.dataset.data_fraction, c.recipe.seed) == \
+               (c.policy, c.data_fraction, c.seed)
+        assert c.recipe.run_dir == str(c.run_dir) and c.recipe.train.steps == 20
+    assert [c.seed for c in cells] == [0, 0, 0, 0, 1, 1, 1, 1]  # seed-major: a partial grid covers every arm
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("data_fractions", [0.0], "data_fractions must lie in (0, 1]"),
+    ("seeds", [], "must be non-empty"),
+    ("final_evals", 0, "final_evals and jobs must be >= 1"),
+    ("typo", 1, "unknown key typo"),
+])
+def test_bad_grid_config_is_one_line(tmp_path, field, value, message):
+    path = write_grid(tmp_path, **{field: value})
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as e:
+        load_experiment_config(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_grid_recipe_without_env_is_rejected(tmp_path):
+    path = write_grid(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    data = yaml.safe_load(recipe.read_text())
+    data["env"] = None
+    recipe.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="env is required"):
+        grid_cells(load_experiment_config(path))
+
+
+def fake_run(cell, successes: list[float], wall_per_row: float = 2.0) -> None:
+    """Write the metrics a finished run leaves (eval.csv, train.csv) and score it."""
+    metrics = MetricsLogger(cell.run_dir)
+    for i, s in enumerate(successes):
+        metrics.log("eval", 10 * (i + 1), {"success": s, "ci95": 0.1, **{f"task{t}": s for t in range(1, 6)}})
+        metrics.log("train", 10 * (i + 1), {"loss": 0.0, "steps_per_s": 10 / wall_per_row})
+    metrics.close()
+    (cell.run_dir / RESULT_NAME).write_text(json.dumps(cell_result(cell, 2)))
+
+
+def test_report_aggregates_last_evaluations_over_seeds(tmp_path):
+    config = load_experiment_config(write_grid(tmp_path, seeds=[0, 1, 2], data_fractions=[1.0, 0.1]))
+    cells = {(c.policy, c.data_fraction, c.seed): c for c in grid_cells(config)}
+    flow_full = {0: [0.0, 0.6, 0.8], 1: [0.1, 0.7, 0.7], 2: [0.2, 0.5, 0.9]}  # last-2 means .7, .7, .7
+    for seed, curve in flow_full.items():
+        fake_run(cells["flow", 1.0, seed], curve)
+    fake_run(cells["flow", 0.1, 0], [0.4, 0.6])  # mean .5 → retention 5/7
+    fake_run(cells["gaussian", 1.0, 0], [0.2, 0.4])
+    fake_run(cells["gaussian", 1.0, 1], [0.6, 0.8])  # .3 and .7 → mean .5, std .2828
+    report = write_report(config)
+
+    groups = {(g["policy"], g["data_fraction"]): g for g in report["groups"]}
+    assert groups["flow", 1.0]["success_mean"] == pytest.approx(0.7)
+    assert groups["flow", 1.0]["success_std"] == pytest.approx(0.0, abs=1e-12)
+    assert groups["flow", 1.0]["train_wall_s_mean"] == pytest.approx(6.0)
+    assert groups["gaussian", 1.0]["success_std"] == pytest.approx(np.std([0.3, 0.7], ddof=1))
+    assert groups["gaussian", 0.1]["success_mean"] is None
+    (retention,) = [r for r in report["retention"] if r["policy"] == "flow"]
+    assert retention["retention"] == pytest.approx(0.5 / 0.7)
+    table = (Path(config.output_dir) / "results.md").read_text()
+    assert f"| {TASK} | 1 | 70.0 ± 0.0 | 50.0 ± 28.3 (2/3 seeds) |" in table
+    assert f"| {TASK} | 0.1 | 50.0 (1/3 seeds) | — |" in table
+    assert "OGBench HIQL 79 ± 5 %" in table
+    for figure in ("curves.png", "data_fraction.png"):
+        assert (Path(config.output_dir) / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scoring_needs_enough_evaluations(tmp_path):
+    cell = grid_cells(load_experiment_config(write_grid(tmp_path)))[0]
+    MetricsLogger(cell.run_dir).log("eval", 10, {"success": 1.0, "ci95": 0.0})
+    with pytest.raises(NfhiqlError, match="1 evaluation.*last 2"):
+        cell_result(cell, 2)
+
+
+def test_real_grid_trains_scores_and_resumes(tmp_path, capsys):
+    path = write_grid(tmp_path, steps=20)
+    assert main(["experiment", str(path), "--quiet"]) == 0
+    config = load_experiment_config(path)
+    cells = grid_cells(config)
+    for cell in cells:
+        result = json.loads((cell.run_dir / RESULT_NAME).read_text())
+        evals = read_csv(cell.run_dir / "eval.csv")
+        assert [r["step"] for r in evals] == [10, 20]
+        assert result["success"] == pytest.approx(np.mean([r["success"] for r in evals]))
+        assert result["evaluated_steps"] == [10, 20] and result["steps"] == 20
+    assert "| flow | gaussian |" in capsys.readouterr().out
+
+    # Extend the budget: finished results are re-scored only for cells that run again. Dropping
+    # one cell's result makes the grid resume exactly that run from its last checkpoint.
+    longer = write_grid(tmp_path, steps=30)
+    flow, gaussian = grid_cells(load_experiment_config(longer))
+    (flow.run_dir / RESULT_NAME).unlink()
+    report = run_experiment(load_experiment_config(longer), progress=False)
+    assert [r["step"] for r in read_csv(flow.run_dir / "eval.csv")] == [10, 20, 30]
+    assert [r["step"] for r in read_csv(flow.run_dir / "train.csv")] == [10, 20, 30]  # resumed, not restarted
+    assert [r["step"] for r in read_csv(gaussian.run_dir / "eval.csv")] == [10, 20]  # finished: untouched
+    assert report["runs"][flow.key]["evaluated_steps"] == [20, 30]
