@@ -169,26 +169,32 @@ def _record_video(
     _write_video(frames, path)
 
 
+def _check_video_path(path: Path) -> None:
+    """Fail before any episode runs if the video cannot be written."""
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ConfigError(f"{path}: video path must end in .gif or .mp4")
+    if suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401  (imageio's mp4 backend)
+        except ImportError:
+            raise ConfigError(f"{path}: writing .mp4 needs imageio-ffmpeg; use a .gif path") from None
+
+
 def _write_video(frames: list[np.ndarray], path: Path) -> None:
     """Write frames as an animated GIF (PIL) or, for '.mp4', with imageio-ffmpeg; atomically."""
-    suffix = path.suffix.lower()
-    if suffix == ".gif":
+    if path.suffix.lower() == ".gif":
         from PIL import Image
 
         images = [Image.fromarray(f) for f in frames]
         with atomic_open(path, "wb") as f:
             images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0)
-    elif suffix == ".mp4":
-        try:
-            import imageio.v2 as imageio
-            import imageio_ffmpeg  # noqa: F401  (imageio's mp4 backend)
-        except ImportError:
-            raise ConfigError(f"{path}: writing .mp4 needs imageio-ffmpeg; use a .gif path") from None
-        tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    else:
+        import imageio.v2 as imageio
+
+        tmp = path.with_name(f".{path.stem}.tmp.mp4")  # ffmpeg picks the container from the suffix
         imageio.mimwrite(tmp, frames, fps=VIDEO_FPS)
         os.replace(tmp, path)
-    else:
-        raise ConfigError(f"{path}: video path must end in .gif or .mp4")
 
 
 def _check_args(env: gymnasium.Env, episodes_per_task: int, task_ids: Sequence[int], num_envs: int) -> None:
@@ -220,6 +226,8 @@ def evaluate(
     env's time limit (a test/debug knob; results with it are not the OGBench protocol).
     """
     start = time.perf_counter()
+    if video_path is not None:
+        _check_video_path(Path(video_path))
     env_name = canonical_env_name(env_name)
     num_envs = num_envs or episodes_per_task
     envs = [make_env(env_name)]

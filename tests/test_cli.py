@@ -147,6 +147,19 @@ def test_more_one_line_errors_in_process(tmp_path, capsys, case):
     assert_one_line_error(capsys.readouterr().err, *needles)
 
 
+def test_train_overrides_may_follow_later_options(tmp_path):
+    recipe = write_recipe(tmp_path / "recipe.yaml", tmp_path / "run", make_dataset(tmp_path / "walk.npz"))
+    assert main(["train", "--config", str(recipe), "train.steps=20", "--quiet", "agent.policy=gaussian"]) == 0
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved.step == 20 and saved.config["agent"]["policy"] == "gaussian"
+
+
+def test_unknown_option_is_still_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", str(tmp_path / "x.pt"), "--bogus", "a=1"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus a=1" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ eval
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:

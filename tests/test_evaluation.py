@@ -149,3 +149,20 @@ def test_video_written(tmp_path) -> None:
     r = quick(go_to_goal, episodes_per_task=1, task_ids=[1], max_steps=12, video_path=path)
     assert path.stat().st_size > 0 and r.video_path == str(path)
     assert len(r.episodes) == 1  # the video episode is not counted
+
+
+def test_unwritable_video_path_fails_before_any_episode(tmp_path) -> None:
+    calls = []
+
+    def counting(obs, goals):
+        calls.append(1)
+        return go_to_goal(obs, goals)
+
+    with pytest.raises(ConfigError, match=r"video\.avi: video path must end in \.gif or \.mp4"):
+        quick(counting, episodes_per_task=1, task_ids=[1], max_steps=5, video_path=tmp_path / "video.avi")
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"video\.mp4: writing \.mp4 needs imageio-ffmpeg"):
+            quick(counting, episodes_per_task=1, task_ids=[1], max_steps=5, video_path=tmp_path / "video.mp4")
+    assert calls == [] and not any(tmp_path.iterdir())
