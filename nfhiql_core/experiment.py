@@ -318,12 +318,7 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
                             label=f"{policy}, data {fraction:g} ({len(curves)} seeds)")
             if len(curves) > 1:
                 ax.fill_between(steps, success.min(0), success.max(0), color=line.get_color(), alpha=0.15)
-        ax.set_title(task.name)
-        ax.set_xlabel("gradient step")
-        ax.set_ylabel("success (shaded: min–max over seeds)")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _style(ax, task.name, "gradient step", "success (shaded: min–max over seeds)")
     _save(fig, path)
 
 
@@ -338,13 +333,17 @@ def _plot_fractions(config: ExperimentConfig, groups: list[dict[str, Any]], path
                 ax.errorbar([g["data_fraction"] for g in rows], [g["success_mean"] for g in rows],
                             yerr=[g["success_std"] or 0.0 for g in rows], marker="o", capsize=3, label=policy)
         ax.set_xscale("log")
-        ax.set_title(task.name)
-        ax.set_xlabel("fraction of the dataset")
-        ax.set_ylabel("success (mean ± std over seeds)")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, task.name, "fraction of the dataset", "success (mean ± std over seeds)")
     _save(fig, path)
+
+
+def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _pyplot():
