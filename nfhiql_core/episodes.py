@@ -13,10 +13,13 @@ from typing import Iterator
 import gymnasium
 import numpy as np
 import ogbench
+from gymnasium.utils import seeding
 
 from nfhiql_core.errors import ConfigError
 
 EPISODE_SEEDS, VIDEO_SEEDS = 0, 1  # seed-derivation purposes: counted episodes vs video episodes
+_SPACE_SEEDS = 2  # spawn key of an episode's stream for gymnasium spaces sampled without a seed
+_gym_np_random = seeding.np_random
 
 
 def canonical_env_name(env_name: str) -> str:
@@ -65,30 +68,42 @@ class Episode:
         self.slot = slot
         self.record = EpisodeRecord(task_id, episode, seed, False, 0)
         self._rng_state = np.random.RandomState(seed).get_state()
+        self._space_seeds = np.random.SeedSequence(seed, spawn_key=(_SPACE_SEEDS,))
         self._rng_in_step = getattr(env.unwrapped, "_teleport_info", None) is not None  # teleport mazes
-        with self._global_rng():
+        with self._episode_rngs():
             self.observation, info = env.reset(seed=seed, options=dict(task_id=task_id))
         self.goal = info["goal"]
 
     @contextlib.contextmanager
-    def _global_rng(self) -> Iterator[None]:
-        """Swap in this episode's own state of numpy's global RNG; restore the caller's afterwards.
+    def _episode_rngs(self) -> Iterator[None]:
+        """Swap in this episode's own streams for the RNGs OGBench uses besides `env.np_random`.
 
-        OGBench draws goal jitter (at reset) and teleport exits (at step) from `np.random`, not
-        from the seeded `env.np_random`; giving each episode its own stream keeps results
-        independent of how episodes interleave and leaves the caller's global RNG untouched.
+        OGBench draws goal jitter (at reset) and teleport exits (at step) from `np.random`, and the
+        manipulation envs settle the goal scene with `action_space.sample()` on a fresh gymnasium
+        space, which seeds itself from OS entropy (so the goal differed from process to process).
+        Inside this context numpy's global RNG holds this episode's state and an unseeded space
+        draws its seed from this episode's sequence; both are restored afterwards. Results are then
+        a function of (seed, task_id, episode) alone, independent of how episodes interleave.
         """
         outer = np.random.get_state()
         np.random.set_state(self._rng_state)
+        seeding.np_random = self._space_np_random
         try:
             yield
         finally:
+            seeding.np_random = _gym_np_random
             self._rng_state = np.random.get_state()
             np.random.set_state(outer)
 
+    def _space_np_random(self, seed: int | None = None) -> tuple[np.random.Generator, int]:
+        """gymnasium's `seeding.np_random`, seeded from this episode's sequence when `seed` is None."""
+        if seed is None:
+            seed = int(self._space_seeds.spawn(1)[0].generate_state(1)[0])
+        return _gym_np_random(seed)
+
     def step(self, action: np.ndarray, max_steps: int | None = None) -> bool:
         """Step the env; True when the episode is over (success, time limit or `max_steps`)."""
-        with self._global_rng() if self._rng_in_step else contextlib.nullcontext():
+        with self._episode_rngs() if self._rng_in_step else contextlib.nullcontext():
             self.observation, _, terminated, truncated, info = self.env.step(action)
         self.record.length += 1
         self.record.success = bool(info["success"])

@@ -441,6 +441,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--episodes-per-task", type=int)
     p.add_argument("--max-episode-steps", type=int, help="0: the env's limit")
     p.add_argument("--seed", type=int)
+    p.add_argument("--record-path", help="mujoco_sim's per-step trajectory log (npz, written on exit)")
     p.add_argument("--timeout", type=float, help="stop everything after this many seconds (exit status 3)")
     p.add_argument("--domain-id", type=int, help="ROS_DOMAIN_ID for this run (default: the environment's)")
     p.add_argument("--quiet", action="store_true", help="do not relay the nodes' output (shown on failure)")
@@ -471,7 +472,8 @@ def launch_arguments(args: argparse.Namespace) -> dict[str, str]:
             "control_period_s": s(args.control_period_s), "executor": s(args.executor),
             "command_output": s(args.command_output), "providers": ",".join(args.providers or []),
             "tasks": ",".join(str(t) for t in args.tasks or []), "episodes_per_task": s(args.episodes_per_task),
-            "max_episode_steps": s(args.max_episode_steps), "seed": s(args.seed)}
+            "max_episode_steps": s(args.max_episode_steps), "seed": s(args.seed),
+            "record_path": s(args.record_path)}
 
 
 def _bundle_info(path: str) -> dict[str, Any]:

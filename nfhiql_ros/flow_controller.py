@@ -1,8 +1,9 @@
 """`flow_controller`: the bundle's low-level (flow) policy at the control rate, and the safety layer.
 
 Topics (relative names, so a namespace moves them all):
-  in   `observation` (JointState vector, sensor QoS), `goal` (latched; only its stamp is used: it
-       restarts the observation count and retires the previous goal's subgoals), `subgoal`
+  in   `observation` (JointState vector; sensor QoS, lossless LOCKSTEP_QOS with trigger `observation`),
+       `goal` (latched; only its stamp is used: it restarts the observation count and retires the
+       previous goal's subgoals and, in lockstep, observations), `subgoal`
        (JointState vector stamped with its planning observation, RELIABLE), `subgoal/log_likelihood`
        (std_msgs/Float64)
   out  the command, RELIABLE depth 1, chosen by `command_output`:
@@ -16,20 +17,24 @@ Topics (relative names, so a namespace moves them all):
        `/diagnostics` (diagnostic_msgs/DiagnosticArray), every diagnostics_period_s and on each change
        of the safety state.
 
-Triggers. `timer` (realtime): every control period act on the latest observation and the latest
-subgoal. `observation` (lockstep, README's contract): act once per observation k with the subgoal
-planned from observation k − k % replan_every, waiting for it up to subgoal_wait_s.
+Triggers (the shared `trigger` parameter). `timer` (realtime): every control period act on the
+latest observation and the latest subgoal. `observation` (lockstep, README's contract): act once per
+observation k with the subgoal planned from observation k − k % replan_every, waiting for it up to
+subgoal_wait_s. The sim does not step until it is answered, so an observation's age is no measure of
+staleness there and never decides between the policy and the safe command: lockstep runs do not
+depend on timing (short of a subgoal_wait_s timeout).
 
 Safety (this node's job; the planner and the policy runtime do no safety):
 * a message that cannot be used (wrong length, NaN/inf, zero stamp, an observation not newer than the
-  previous one) is dropped and counted, never used;
-* a stale observation (now − stamp > observation_timeout_s, node clock), no subgoal, or a stale
-  subgoal → the safe command and a diagnostic. In timer mode a subgoal is stale once its
+  previous one or, in lockstep, stamped before the latest goal) is dropped and counted, never used;
+* a stale observation (timer trigger: now − stamp > observation_timeout_s, node clock), no subgoal,
+  or a stale subgoal → the safe command and a diagnostic. In timer mode a subgoal is stale once its
   replacement is overdue: now > its stamp + replan_every · period + subgoal_timeout_s (until then
   the controller holds the last subgoal). In observation mode the subgoal wait times out. Defaults
   (0): observation_timeout_s = 1.5 periods, subgoal_timeout_s = 2 periods, so a lost observation
   stream gives a safe command within 2 periods of the observation that did not come; in
-  observation mode a stale stream gives one safe command (the controller has nothing to answer);
+  observation mode a stream that stops (nothing new for observation_timeout_s after the last
+  answer) gives one safe command (the controller has nothing to answer);
 * a non-finite policy output → the safe command;
 * every command is clamped to the bundle's action bounds, after an optional per-step rate limit
   (|command − previous command| ≤ max_delta_per_step per element; safe commands are not limited);
@@ -67,11 +72,10 @@ from nfhiql_core.runtime import NonFiniteOutputError
 from nfhiql_ros.diagnostics import ERROR, OK, WARN, CadenceMonitor, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters
-from nfhiql_ros.policy_common import PolicyParams, ReplanSchedule, load_runtime, replan_every
-from nfhiql_ros.ros_io import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, MessageError, ns_to_stamp,
-                               vector_from_msg, vector_msg)
+from nfhiql_ros.policy_common import PolicyParams, ReplanSchedule, load_runtime, observation_qos, replan_every
+from nfhiql_ros.ros_io import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, MessageError, ns_to_stamp, vector_from_msg,
+                               vector_msg)
 
-TRIGGERS = ("timer", "observation")
 OUTPUTS = ("sim", "forward", "servo_twist")
 SAFE_COMMANDS = ("zero", "hold")
 OOD_ACTIONS = ("warn", "safe_stop")
@@ -85,7 +89,6 @@ ACK_TIMEOUT_S = 1.0  # how long shutdown waits for the last safe command to be a
 class ControllerParams(PolicyParams):
     """The shared policy parameters plus the controller's (see the module docstring)."""
 
-    trigger: str = "timer"
     control_period_s: float = 0.0  # 0 = the bundle's control period
     observation_timeout_s: float = 0.0  # 0 = 1.5 control periods
     subgoal_timeout_s: float = 0.0  # 0 = 2 control periods
@@ -104,7 +107,7 @@ class ControllerParams(PolicyParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, choices in (("trigger", TRIGGERS), ("command_output", OUTPUTS), ("safe_command", SAFE_COMMANDS),
+        for name, choices in (("command_output", OUTPUTS), ("safe_command", SAFE_COMMANDS),
                               ("ood_action", OOD_ACTIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -194,7 +197,6 @@ class FlowController(Node):
             self.get_logger().warning("safe_command 'hold' repeats the last twist: use 'zero' for Servo")
 
         self.schedule = ReplanSchedule(self.every)
-        self.goal_stamp: int | None = None
         self.obs: Stamped | None = None
         self.pending: Pending | None = None
         self.subgoals: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -215,7 +217,7 @@ class FlowController(Node):
         self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
         self.create_subscription(Float64, "subgoal/log_likelihood", self.on_subgoal_log_likelihood, STATE_QOS)
         self.create_subscription(JointState, "subgoal", self.on_subgoal, STATE_QOS)
-        self.create_subscription(JointState, "observation", self.on_observation, SENSOR_QOS)
+        self.create_subscription(JointState, "observation", self.on_observation, observation_qos(p))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.create_timer(self.period_s, self.on_tick)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
@@ -253,8 +255,7 @@ class FlowController(Node):
             _, stamp = vector_from_msg(msg, self.runtime.metadata.goal_dim, "goal")
         except MessageError as exc:
             return self.drop("goal", exc)
-        self.goal_stamp = stamp
-        self.schedule.reset()
+        self.schedule.reset(stamp)
         for old in [s for s in self.subgoals if s < stamp]:  # planned for the previous goal
             del self.subgoals[old]
 
@@ -263,7 +264,7 @@ class FlowController(Node):
             subgoal, stamp = vector_from_msg(msg, self.runtime.metadata.subgoal_dim, "subgoal")
         except MessageError as exc:
             return self.drop("subgoal", exc)
-        if self.goal_stamp is not None and stamp < self.goal_stamp:
+        if self.schedule.before_goal(stamp):
             self.dropped["subgoal_previous_goal"] += 1
             return
         self.subgoals[stamp] = subgoal
@@ -285,18 +286,21 @@ class FlowController(Node):
             return self.drop("observation", exc)
         if self.obs is not None and stamp <= self.obs.stamp:
             return self.drop("observation", MessageError("observation: stamp not newer than the previous one"))
+        lockstep = self.params.trigger == "observation"
+        if lockstep and self.schedule.before_goal(stamp):
+            return self.drop("observation", MessageError("observation: stamped before the latest goal (lockstep)"))
         self.obs = Stamped(values, stamp)
         self.stale_sent = False
-        if self.params.trigger != "observation":
-            return
-        now = self.now_ns()
-        plan_stamp = self.schedule.observe(stamp)[1] if self.goal_stamp is not None else None
+        if lockstep:
+            self.on_lockstep_observation(values, stamp)
+
+    def on_lockstep_observation(self, values: np.ndarray, stamp: int) -> None:
+        """Observation trigger: wait for this observation's planned subgoal (or answer at once if here)."""
+        plan_stamp = self.schedule.observe(stamp)[1] if self.schedule.goal_stamp is not None else None
         if self.pending is not None:
             self.dropped["superseded_observation"] += 1
+        now = self.now_ns()
         self.pending = Pending(values, stamp, plan_stamp, now)
-        if now - stamp > self.obs_timeout_ns:
-            self.pending = None
-            return self.send_safe("stale_observation", stamp, now, f"age {(now - stamp) / 1e9:.3f} s")
         self.answer_pending(now)
 
     def drop(self, topic: str, exc: Exception) -> None:

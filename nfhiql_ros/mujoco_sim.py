@@ -192,7 +192,9 @@ class MujocoSim(Node):
         self.jobs = deque((t, ep) for t in self.p.tasks for ep in range(self.p.episodes_per_task))
         self.n_episodes = len(self.jobs)
 
-        self.obs_pub = self.create_publisher(JointState, "observation", ros_io.STATE_QOS)
+        # Lockstep: no observation may be lost on the way to the planner, which counts them (README).
+        self.obs_pub = self.create_publisher(
+            JointState, "observation", ros_io.LOCKSTEP_QOS if self.lockstep else ros_io.STATE_QOS)
         self.goal_pub = self.create_publisher(JointState, "goal", ros_io.LATCHED_QOS)
         self.joint_pub = self.create_publisher(JointState, "joint_states", ros_io.STATE_QOS)
         self.status_pub = self.create_publisher(DiagnosticStatus, "sim/episode", STATUS_QOS)

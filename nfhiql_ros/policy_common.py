@@ -3,6 +3,9 @@
 The schedule is the LOCKSTEP CONTRACT (README) in code: observations are counted from the latest
 goal (k = 0, 1, …) and the subgoal used for observation k is the one planned from observation
 k − k % replan_every. The planner and the controller each run one, so they agree without talking.
+The count is each observation's step index only if none is lost or carried over from the previous
+episode: with trigger `observation` (lockstep) both nodes therefore subscribe `observation` with
+LOCKSTEP_QOS (lossless, in order) and drop observations stamped before the latest goal.
 """
 from __future__ import annotations
 
@@ -10,12 +13,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rclpy.node import Node
+from rclpy.qos import QoSProfile
 
 from nfhiql_core.runtime import PolicyRuntime
 from nfhiql_ros.executors import EXECUTORS
+from nfhiql_ros.ros_io import LOCKSTEP_QOS, SENSOR_QOS
 
 # Short provider names accepted in the `providers` parameter ("CUDA" = "CUDAExecutionProvider").
 _PROVIDER_SUFFIX = "ExecutionProvider"
+TRIGGERS = ("timer", "observation")
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,10 @@ class PolicyParams:
     """Parameters of both policy nodes (the `/**` block of the parameter file).
 
     bundle: policy bundle directory (required).
+    trigger: what paces the stack: `timer` (realtime: the controller acts every control period;
+      observations are subscribed with sensor QoS) or `observation` (lockstep with mujoco_sim: one
+      command per observation; observations are subscribed lossless and in order, and those of a
+      previous episode, stamped before the latest goal, are dropped).
     replan_every: observations per subgoal; 0 = the bundle's subgoal_steps.
     providers: ONNX Runtime execution providers in priority order; CPU is the fallback.
     executor: `single_threaded` (default) or `events` (rclpy's experimental EventsExecutor).
@@ -30,6 +40,7 @@ class PolicyParams:
     """
 
     bundle: str = ""
+    trigger: str = "timer"
     replan_every: int = 0
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     executor: str = "single_threaded"
@@ -38,6 +49,8 @@ class PolicyParams:
     def __post_init__(self) -> None:
         if not self.bundle:
             raise ValueError("parameter 'bundle' (policy bundle directory) is required")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}")
         if self.replan_every < 0:
             raise ValueError(f"replan_every must be >= 0 (0 = the bundle's subgoal_steps), got {self.replan_every}")
         if not self.providers:
@@ -46,6 +59,11 @@ class PolicyParams:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         if not self.diagnostics_period_s > 0:
             raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
+
+
+def observation_qos(params: PolicyParams) -> QoSProfile:
+    """The `observation` subscription's QoS: lossless in lockstep, sensor QoS (any publisher) otherwise."""
+    return LOCKSTEP_QOS if params.trigger == "observation" else SENSOR_QOS
 
 
 def provider_names(providers: Sequence[str]) -> list[str]:
@@ -72,12 +90,17 @@ class ReplanSchedule:
 
     def __init__(self, every: int):
         self.every = every
+        self.goal_stamp: int | None = None
         self.count = 0
         self.plan_stamp: int | None = None
 
-    def reset(self) -> None:
-        """A new goal: the next observation is k = 0."""
-        self.count, self.plan_stamp = 0, None
+    def reset(self, goal_stamp_ns: int) -> None:
+        """A new goal (episode) stamped `goal_stamp_ns`: the next observation is k = 0."""
+        self.goal_stamp, self.count, self.plan_stamp = goal_stamp_ns, 0, None
+
+    def before_goal(self, stamp_ns: int) -> bool:
+        """Stamped before the latest goal: in lockstep, an observation of the previous episode."""
+        return self.goal_stamp is not None and stamp_ns < self.goal_stamp
 
     def observe(self, stamp_ns: int) -> tuple[bool, int]:
         """Count the observation stamped `stamp_ns`: (is k % every == 0, stamp of the planning observation)."""

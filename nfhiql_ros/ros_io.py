@@ -12,13 +12,17 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 
 # Subscriptions to observation-like streams (matches RELIABLE and BEST_EFFORT publishers).
 SENSOR_QOS = qos_profile_sensor_data
 # Publishers of observation-like streams, as joint_state_broadcaster does.
 STATE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Lockstep observations (mujoco_sim's publisher and the policy nodes' subscriptions): none lost, in
+# order, whatever the backlog. The backlog is bounded: the sim waits for each command, and the
+# controller waits for the planner every replan_every observations.
+LOCKSTEP_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 # Command publishers: ros2_control forward controllers and MoveIt Servo subscribe RELIABLE.
 COMMAND_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 # Goals: latched so a node that starts late still receives the current goal.

@@ -40,7 +40,7 @@ import yaml
 
 PACKAGE = "nfhiql_ros"
 MODES = ("lockstep", "realtime")
-TRIGGER = {"lockstep": "observation", "realtime": "timer"}  # controller trigger per sim mode
+TRIGGER = {"lockstep": "observation", "realtime": "timer"}  # policy nodes' trigger per sim mode
 SIM_FORWARD_TOPIC = "forward_command"  # mujoco_sim's Float64MultiArray command input
 
 
@@ -94,8 +94,8 @@ ARGUMENTS: tuple[Argument, ...] = (
              "package share dir / repository root)"),
     Argument("sim", "true", "true: start mujoco_sim as the robot; false: hardware (observation/goal come "
              "from elsewhere, mujoco_sim is not started)", ("true", "false")),
-    Argument("mode", "", "lockstep (one sim step per command, controller trigger `observation`) or realtime "
-             "(wall-clock sim, controller trigger `timer`); '' = the parameter file (lockstep)", MODES),
+    Argument("mode", "", "lockstep (one sim step per command, policy nodes' trigger `observation`) or realtime "
+             "(wall-clock sim, trigger `timer`); '' = the parameter file (lockstep)", MODES),
     Argument("replan_every", "", "observations per subgoal, shared by planner and controller; 0 = the "
              "bundle's subgoal_steps; '' = the parameter file"),
     Argument("rate_hz", "", "planner rate in Hz (realtime only; sets replan_every from the control period "
@@ -113,6 +113,8 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("max_episode_steps", "", "episode step cap; 0 = the env's limit; '' = the parameter file"),
     Argument("seed", "", "evaluation seed (the same per-episode seeds as `nfhiql eval`); '' = the parameter "
              "file"),
+    Argument("record_path", "", "mujoco_sim's per-step trajectory log (npz, written on exit; relative to the "
+             "current directory); '' = the parameter file (default: off)"),
 )
 ARGUMENT_DEFAULTS: dict[str, str] = {a.name: a.default for a in ARGUMENTS}
 
@@ -287,12 +289,12 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
         raise StackError(f"no bundle: set `bundle` in {spec.config} or pass the bundle argument")
     set_policy("bundle", bundle)
 
-    # mode: the sim's stepping and the controller's trigger always agree
+    # mode: the sim's stepping and the policy nodes' trigger always agree
     mode = args["mode"] or str(files.get("mujoco_sim", {}).get("mode") or "")
     if mode:
         if mode not in MODES:
             raise StackError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        over["flow_controller"]["trigger"] = TRIGGER[mode]
+        set_policy("trigger", TRIGGER[mode])
         if with_sim:
             over["mujoco_sim"]["mode"] = mode
     trigger = over["flow_controller"].get("trigger", policy_files.get("trigger", "timer"))
@@ -336,8 +338,10 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
                 over["mujoco_sim"][key] = _parse_number(key, args[key], int)
         if args["episodes_per_task"] and over["mujoco_sim"]["episodes_per_task"] < 1:
             raise StackError("episodes_per_task must be >= 1")
+        if args["record_path"]:
+            over["mujoco_sim"]["record_path"] = resolve_path(args["record_path"], here)
     else:
-        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed") if args[k]]
+        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed", "record_path") if args[k]]
         if ignored:
             raise StackError(f"{', '.join(ignored)} configure the sim: they need sim:=true")
 

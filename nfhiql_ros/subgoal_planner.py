@@ -1,15 +1,19 @@
 """`subgoal_planner`: the bundle's high-level policy, re-planning every `replan_every` observations.
 
-Subscribes `observation` (sensor QoS) and `goal` (latched); publishes `subgoal` (a stamped vector
-carrying the stamp of the observation it was planned from) and `subgoal/log_likelihood`
-(std_msgs/Float64, the policy's log-likelihood of that subgoal), both RELIABLE. Observations are
-counted from the latest goal and a subgoal is planned on every k with k % replan_every == 0 (the
-LOCKSTEP CONTRACT in README.md); `rate_hz` > 0 sets replan_every from a rate instead (observations
-per plan = 1 / (rate_hz · the bundle's control period), at least 1). In lockstep runs set
-`replan_every`, the parameter the controller shares, not `rate_hz`.
+Subscribes `observation` (sensor QoS; lossless LOCKSTEP_QOS with trigger `observation`) and `goal`
+(latched); publishes `subgoal` (a stamped vector carrying the stamp of the observation it was
+planned from) and `subgoal/log_likelihood` (std_msgs/Float64, the policy's log-likelihood of that
+subgoal), both RELIABLE. Observations are counted from the latest goal and a subgoal is planned on
+every k with k % replan_every == 0 (the LOCKSTEP CONTRACT in README.md); `rate_hz` > 0 sets
+replan_every from a rate instead (observations per plan = 1 / (rate_hz · the bundle's control
+period), at least 1). In lockstep runs set `replan_every`, the parameter the controller shares, not
+`rate_hz`, and `trigger: observation` (shared too).
 
 Messages that cannot be used (wrong length, non-finite value, zero stamp, an observation not newer
-than the previous one) are dropped and counted; no plan is published without a goal.
+than the previous one) are dropped and counted; no plan is published without a goal. In lockstep,
+observations stamped before the latest goal are the previous episode's, still queued when a slow
+planner gets the next goal (the controller answered them without a new subgoal): they are dropped
+too, and like observations before any goal they are expected, not a warning.
 """
 from __future__ import annotations
 
@@ -29,9 +33,10 @@ from nfhiql_core.runtime import NonFiniteOutputError
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters
-from nfhiql_ros.policy_common import PolicyParams, ReplanSchedule, load_runtime, replan_every
-from nfhiql_ros.ros_io import (LATCHED_QOS, SENSOR_QOS, STATE_QOS, MessageError, vector_from_msg, vector_msg,
-                               vector_names)
+from nfhiql_ros.policy_common import PolicyParams, ReplanSchedule, load_runtime, observation_qos, replan_every
+from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, MessageError, vector_from_msg, vector_msg, vector_names
+
+EXPECTED_DROPS = ("observation_before_goal", "observation_previous_goal")  # not a warning
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class SubgoalPlanner(Node):
         self.every = observations_per_plan(self.params, replan_every(self.params, self.runtime),
                                            meta.control_period_s)
         self.schedule = ReplanSchedule(self.every)
+        self.lockstep = self.params.trigger == "observation"
         self.subgoal_names = vector_names("subgoal", meta.subgoal_dim)
         self.goal: np.ndarray | None = None
         self.last_obs_stamp = 0
@@ -77,20 +83,20 @@ class SubgoalPlanner(Node):
         self.failures = 0
         # `goal` first: when a goal and the next observation are ready together, the goal is taken first.
         self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
-        self.create_subscription(JointState, "observation", self.on_observation, SENSOR_QOS)
+        self.create_subscription(JointState, "observation", self.on_observation, observation_qos(self.params))
         self.log_likelihood_pub = self.create_publisher(Float64, "subgoal/log_likelihood", STATE_QOS)
         self.subgoal_pub = self.create_publisher(JointState, "subgoal", STATE_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.create_timer(self.params.diagnostics_period_s, self.publish_diagnostics)
-        self.get_logger().info(f"planning every {self.every} observations")
+        self.get_logger().info(f"planning every {self.every} observations (trigger {self.params.trigger})")
 
     def on_goal(self, msg: JointState) -> None:
         try:
-            self.goal, _ = vector_from_msg(msg, self.runtime.metadata.goal_dim, "goal")
+            self.goal, stamp = vector_from_msg(msg, self.runtime.metadata.goal_dim, "goal")
         except MessageError as exc:
             self.drop("goal", exc)
             return
-        self.schedule.reset()
+        self.schedule.reset(stamp)
 
     def on_observation(self, msg: JointState) -> None:
         try:
@@ -104,6 +110,9 @@ class SubgoalPlanner(Node):
         self.last_obs_stamp = stamp
         if self.goal is None:
             self.dropped["observation_before_goal"] += 1
+            return
+        if self.lockstep and self.schedule.before_goal(stamp):
+            self.dropped["observation_previous_goal"] += 1
             return
         replan, _ = self.schedule.observe(stamp)
         if replan:
@@ -130,7 +139,7 @@ class SubgoalPlanner(Node):
     def publish_diagnostics(self) -> None:
         p50, p99 = percentiles_ms(self.plan_s)
         self.plan_s = []
-        dropped = sum(n for key, n in self.dropped.items() if key != "observation_before_goal")
+        dropped = sum(n for key, n in self.dropped.items() if key not in EXPECTED_DROPS)
         level = WARN if self.failures or dropped else OK
         values = {"plans": self.plans, "replan_every": self.every, "plan_ms_p50": p50, "plan_ms_p99": p99,
                   "dropped": dropped, **{f"dropped_{k}": n for k, n in sorted(self.dropped.items())},

@@ -3,9 +3,11 @@
 `launch`/`launch_ros` are not installable here, so each launch file is executed against small stub
 modules that record what it builds (DeclareLaunchArgument, Node, ...), and its OpaqueFunction is run
 with launch arguments; the nodes it would start are compared with what bringup starts for the same
-options. Real runs use the navigation stack with a tiny test bundle, an isolated ROS_DOMAIN_ID
-(150..229, away from the 1..100 the other ROS tests draw from), localhost discovery, hard timeouts,
-and check by environment marker that no process of the run outlives it.
+options. Real runs use the navigation stack with a tiny test bundle (the manipulation stack with the
+shipped cube bundle for lockstep = in-process evaluation), an isolated ROS_DOMAIN_ID (150..229;
+135..149 for the lockstep-equals-eval and realtime-rate runs; away from the 1..100 and 125..134 the
+other ROS tests draw from), localhost discovery, hard timeouts, and check by environment marker that
+no process of the run outlives it.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import types
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -31,6 +34,8 @@ from nfhiql_ros import bringup, stack
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = {name: ROOT / "launch" / f"{name}.launch.py" for name in stack.STACKS}
 DOMAINS = iter(random.Random(os.getpid()).sample(range(150, 230), 80))
+RUN_DOMAINS = iter(random.Random(os.getpid()).sample(range(135, 150), 15))  # lockstep = eval, realtime rate
+CUBE_BUNDLE = ROOT / "bundles" / "cube-single-play"
 MARK = "NFHIQL_TEST_MARK"
 
 
@@ -153,10 +158,12 @@ AGREEMENT_CASES = {
     "everything": (
         ["--bundle", "/opt/bundles/b", "--mode", "realtime", "--rate-hz", "2", "--control-period-s", "0.05",
          "--executor", "events", "--providers", "CPU", "CUDA", "--tasks", "1", "3", "--episodes-per-task", "2",
-         "--max-episode-steps", "10", "--seed", "4", "--replan-every", "5", "--command-output", "forward"],
+         "--max-episode-steps", "10", "--seed", "4", "--replan-every", "5", "--command-output", "forward",
+         "--record-path", "/tmp/run.npz"],
         {"bundle": "/opt/bundles/b", "mode": "realtime", "rate_hz": "2.0", "control_period_s": "0.05",
          "executor": "events", "providers": "CPU,CUDA", "tasks": "1,3", "episodes_per_task": "2",
-         "max_episode_steps": "10", "seed": "4", "replan_every": "5", "command_output": "forward"}),
+         "max_episode_steps": "10", "seed": "4", "replan_every": "5", "command_output": "forward",
+         "record_path": "/tmp/run.npz"}),
     "hardware": (["--no-sim", "--bundle", "/opt/b", "--command-output", "servo_twist", "--mode", "realtime"],
                  {"sim": "false", "bundle": "/opt/b", "command_output": "servo_twist", "mode": "realtime"}),
 }
@@ -296,10 +303,11 @@ def _assert_no_survivors(marker: str, report: dict | None) -> None:
             os.killpg(pid, 0)  # neither the node nor anything in its process group
 
 
-def _start(bundle: Path, tmp_path: Path, marker: str, *options: str) -> subprocess.Popen:
+def _start(bundle: Path, tmp_path: Path, marker: str, *options: str, stack_name: str = "navigation",
+           domains=DOMAINS) -> subprocess.Popen:
     env = {**os.environ, MARK: marker, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    argv = [sys.executable, "-m", "nfhiql_ros.bringup", "navigation", "--bundle", str(bundle),
-            "--domain-id", str(next(DOMAINS)), "--json", str(tmp_path / "report.json"), *options]
+    argv = [sys.executable, "-m", "nfhiql_ros.bringup", stack_name, "--bundle", str(bundle),
+            "--domain-id", str(next(domains)), "--json", str(tmp_path / "report.json"), *options]
     return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 
@@ -371,3 +379,81 @@ def test_sigint_stops_everything_within_seconds(bundle, tmp_path, reaper) -> Non
     assert report["status"] == "interrupted" and report["episodes"] < 5
     assert report["exit_codes"]["flow_controller"] == 0  # stopped cleanly (safe command sent), not killed
     _assert_no_survivors(marker, report)
+
+
+def _run(bundle: Path, tmp_path: Path, reaper, *options: str, stack_name: str) -> dict:
+    """One bringup run to completion on a domain of RUN_DOMAINS; its report (nothing may outlive it)."""
+    marker = uuid.uuid4().hex
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = _start(bundle, tmp_path, marker, *options, stack_name=stack_name, domains=RUN_DOMAINS)
+    reaper(proc)
+    out, _ = proc.communicate(timeout=150)
+    print(out[-2000:])
+    assert proc.returncode == 0, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    _assert_no_survivors(marker, report)
+    return report
+
+
+class _Recording:
+    """A stateful evaluate() policy that records each step's observation and action (one env)."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.observations, self.actions = policy, [], []
+
+    def reset(self, env_indices: np.ndarray) -> None:
+        self.policy.reset(env_indices)
+
+    def __call__(self, observations: np.ndarray, goals: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+        actions = self.policy(observations, goals, env_indices)
+        self.observations.append(observations[0].copy())
+        self.actions.append(np.asarray(actions[0], dtype=np.float64))
+        return actions
+
+
+def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, reaper) -> None:
+    """The manipulation stack in lockstep (two episodes, so an episode boundary; re-plan every 4)
+    steps exactly the trajectory of `nfhiql eval BUNDLE --replan-every 4` in this process, with the
+    same success and lengths, and a second run steps it again."""
+    from nfhiql_core.episodes import make_env
+    from nfhiql_core.evaluation import evaluate
+    from nfhiql_core.runtime import BundlePolicy, PolicyRuntime
+
+    every, steps, tasks = 4, 40, ("2", "3")
+    runs = [_run(CUBE_BUNDLE, tmp_path / f"run{i}", reaper, "--tasks", *tasks, "--max-episode-steps", str(steps),
+                 "--replan-every", str(every), "--providers", "CPU", "--record-path", str(tmp_path / f"run{i}.npz"),
+                 "--quiet", "--timeout", "120", stack_name="manipulation") for i in range(2)]
+    records = [np.load(tmp_path / f"run{i}.npz") for i in range(2)]
+
+    runtime = PolicyRuntime(CUBE_BUNDLE, ["CPUExecutionProvider"])
+    policy = _Recording(BundlePolicy(runtime, every))
+    result = evaluate(policy, runtime.metadata.env, episodes_per_task=1, task_ids=[int(t) for t in tasks],
+                      max_steps=steps, progress=False)
+    env = make_env(runtime.metadata.env)
+    space = env.action_space
+    env.close()
+    actions = np.clip(np.array(policy.actions), space.low, space.high).astype(space.dtype)  # as evaluate applies
+    for report, rec in zip(runs, records):
+        assert report["status"] == "completed" and report["safe_commands"]["during_run"] == 0
+        assert report["sim"]["ignored_commands"] == 0 and report["planner"]["replan_every"] == every
+        assert rec["successes"].tolist() == [e.success for e in result.episodes]
+        assert rec["lengths"].tolist() == [e.length for e in result.episodes]
+        assert {t: v["success"] for t, v in report["tasks"].items()} == {
+            str(t): s for t, s in result.per_task_success.items()}
+        assert np.array_equal(rec["observations"].astype(np.float32), np.array(policy.observations))
+        assert np.array_equal(rec["actions"], actions)
+    assert np.array_equal(records[0]["observations"], records[1]["observations"])  # float64, as the env stepped
+    assert np.array_equal(records[0]["actions"], records[1]["actions"])
+
+
+def test_realtime_stack_keeps_the_controller_rate(bundle, tmp_path, reaper) -> None:
+    """Realtime at 25 Hz (sim and controller period 0.04 s): the controller's achieved rate, from
+    its /diagnostics windows in the bringup report, is at least 95 % of its target."""
+    report = _run(bundle, tmp_path, reaper, "--mode", "realtime", "--control-period-s", "0.04", "--tasks", "1",
+                  "--max-episode-steps", "75", "--timeout", "90", stack_name="navigation")
+    controller = report["controller"]
+    print(f"controller {controller['rate_hz']:.2f} Hz achieved vs {controller['target_rate_hz']} Hz target "
+          f"over {controller['active_s']} s ({controller['commands']} commands)")
+    assert report["mode"] == "realtime" and report["episodes"] == 1 and report["sim"]["steps"] == 75
+    assert controller["target_rate_hz"] == pytest.approx(25.0)
+    assert controller["active_s"] >= 3.0 and controller["rate_hz"] >= 0.95 * controller["target_rate_hz"]

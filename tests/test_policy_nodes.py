@@ -1,8 +1,8 @@
 """subgoal_planner and flow_controller as real processes over DDS, driven by a small rclpy "sim" here.
 
-Each test gets its own ROS_DOMAIN_ID (1..100, drawn per pytest process), LOCALHOST discovery and
-its own namespace; nodes run as `python -m nfhiql_ros.<node> --ros-args --params-file ...` and are
-killed in fixture teardown. Every command any test receives is checked to be finite and inside the
+Each test gets its own ROS_DOMAIN_ID (1..100, drawn per pytest process; the planner-stall test
+125..134), LOCALHOST discovery and its own namespace; nodes run as
+`python -m nfhiql_ros.<node> --ros-args --params-file ...` and are killed in fixture teardown. Every command any test receives is checked to be finite and inside the
 bundle's bounds (`Driver.on_command`); an autouse fixture fails the test otherwise.
 """
 from __future__ import annotations
@@ -36,12 +36,13 @@ from nfhiql_core.checkpoint import save_checkpoint  # noqa: E402
 from nfhiql_core.export import export_bundle  # noqa: E402
 from nfhiql_core.runtime import PolicyRuntime  # noqa: E402
 from nfhiql_core.train import DatasetConfig  # noqa: E402
-from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, STATE_QOS, stamp_to_ns, vector_msg  # noqa: E402
+from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, LOCKSTEP_QOS, STATE_QOS, stamp_to_ns, vector_msg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 0.1  # the test bundle's control period (pointmaze)
 TEST_TIMEOUT_S = 45  # hard limit per test (the module-scoped bundle export is not counted)
 DOMAINS = iter(random.Random(os.getpid()).sample(range(1, 101), 100))  # unique per test in this process
+STALL_DOMAINS = iter(random.Random(os.getpid()).sample(range(125, 135), 10))
 VIOLATIONS: list[str] = []  # commands that were non-finite or out of bounds
 
 
@@ -84,7 +85,7 @@ class Driver:
         self.node = rclpy.create_node("test_sim", namespace=namespace, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.obs_pub = self.node.create_publisher(JointState, "observation", STATE_QOS)
+        self.obs_pub = self.node.create_publisher(JointState, "observation", LOCKSTEP_QOS)  # as mujoco_sim in lockstep
         self.goal_pub = self.node.create_publisher(JointState, "goal", LATCHED_QOS)
         self.commands: list[tuple[int, int, np.ndarray]] = []  # (receipt ns, stamp ns, values)
         self.forward: list[tuple[int, np.ndarray]] = []
@@ -183,8 +184,10 @@ class Driver:
 
 @pytest.fixture
 def ros(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: PolicyRuntime):
-    """(driver, launch): a domain and namespace of its own; launched node processes are killed at the end."""
-    domain = next(DOMAINS)
+    """(driver, launch): a domain and namespace of its own; launched node processes are killed at the end.
+
+    Indirect parametrization may pass another iterator of domain ids to draw from."""
+    domain = next(getattr(request, "param", DOMAINS))
     namespace = f"/nft{os.getpid()}_{domain}"
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -262,7 +265,7 @@ def test_bundle_has_ood_thresholds(bundle: Path) -> None:
 def test_lockstep_commands_equal_the_runtime_and_malformed_messages_are_dropped(ros, bundle, runtime) -> None:
     driver, launch = ros
     every = 3
-    shared = common(bundle, replan_every=every, executor="single_threaded")
+    shared = common(bundle, replan_every=every, executor="single_threaded", trigger="observation")
     launch("subgoal_planner", shared)
     launch("flow_controller", {**shared, "trigger": "observation", "observation_timeout_s": 5.0,
                                "subgoal_wait_s": 5.0})
@@ -290,6 +293,52 @@ def test_lockstep_commands_equal_the_runtime_and_malformed_messages_are_dropped(
     assert len(driver.commands) == 14  # nothing answered the malformed messages
     assert driver.spin(3.0, until=lambda: any(int(v["dropped_observation"]) == 8 for _, _, v in
                                               driver.status("flow_controller") if "dropped_observation" in v))
+
+
+@pytest.mark.parametrize("ros", [STALL_DOMAINS], indirect=True, ids=["domains-125-134"])
+def test_lockstep_survives_a_stalled_planner_and_drops_the_previous_episode(ros, bundle, runtime) -> None:
+    """A planner frozen (SIGSTOP) while the controller answers the observations that need no new
+    subgoal must still count every one of them (more than sensor QoS's depth of 5), and must not
+    count the previous episode's observations still queued when it gets the next goal."""
+    driver, launch = ros
+    every = 8
+    shared = common(bundle, replan_every=every, trigger="observation")
+    planner = launch("subgoal_planner", shared)
+    launch("flow_controller", {**shared, "observation_timeout_s": 10.0, "subgoal_wait_s": 10.0})
+    driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
+
+    def walk(start: np.ndarray, n: int) -> list[np.ndarray]:
+        return [start + 0.3 * k for k in range(n)]
+
+    goal_a, goal_b = np.array([15.0, 12.0]), np.array([3.0, 18.0])
+    episode_a, episode_b = walk(np.array([2.0, 3.0]), 11), walk(np.array([10.0, 4.0]), every + 2)
+    driver.publish_goal(goal_a)
+    received = [step_lockstep(driver, episode_a[0])]
+    planner.send_signal(signal.SIGSTOP)  # stalled for k = 1..8: k = 8 waits for it
+    try:
+        received += [step_lockstep(driver, obs) for obs in episode_a[1:every]]
+        stamp = driver.publish_obs(episode_a[every])
+        assert not driver.spin(0.5, until=lambda: any(s == stamp for _, s, _ in driver.commands))
+    finally:
+        planner.send_signal(signal.SIGCONT)
+    assert driver.spin(5.0, until=lambda: any(s == stamp for _, s, _ in driver.commands)), "lost the re-plan phase"
+    received.append(next(v for _, s, v in driver.commands if s == stamp))
+    planner.send_signal(signal.SIGSTOP)  # stalled over the end of episode A and the start of B
+    try:
+        received += [step_lockstep(driver, obs) for obs in episode_a[every + 1:]]
+        driver.publish_goal(goal_b)
+        stamp = driver.publish_obs(episode_b[0])
+        driver.spin(0.3)
+    finally:
+        planner.send_signal(signal.SIGCONT)
+    assert driver.spin(5.0, until=lambda: any(s == stamp for _, s, _ in driver.commands)), "counted episode A's"
+    received.append(next(v for _, s, v in driver.commands if s == stamp))
+    received += [step_lockstep(driver, obs) for obs in episode_b[1:]]
+    expected = (expected_lockstep(runtime, goal_a, episode_a, every)
+                + expected_lockstep(runtime, goal_b, episode_b, every))
+    assert len(driver.commands) == len(received) == len(expected) == 21
+    for k, (got, want) in enumerate(zip(received, expected)):
+        assert np.array_equal(got, want), f"step {k}: {got} != {want}"
 
 
 def stream(driver: Driver, goal: np.ndarray, inject: dict[int, list[float]] | None = None) -> Callable[[], None]:
