@@ -21,6 +21,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (os.path.join("share", PACKAGE, "launch"), glob("launch/*launch.[pxy][yma]*")),
         (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml")),
+        (os.path.join("share", PACKAGE, "config", "bags"), glob("config/bags/*.yaml")),
         (os.path.join("share", PACKAGE, "config", "train"), glob("config/train/*.yaml")),
         (os.path.join("share", PACKAGE, "sim"), glob("sim/*.yaml")),
         *[(os.path.join("share", PACKAGE, os.path.dirname(path)), glob(os.path.join(os.path.dirname(path), "*")))
@@ -61,7 +62,11 @@ setup(
         "flow_controller = nfhiql_ros.flow_controller:main",
         "mujoco_sim = nfhiql_ros.mujoco_sim:main",
         "nfhiql-bringup = nfhiql_ros.bringup:main",
+        "recorder = nfhiql_ros.recorder:main",
+        "teleop = nfhiql_ros.teleop:main",
     ], "nfhiql.bench": [
         "ros = nfhiql_ros.bench_ros:register",
+    ], "nfhiql.commands": [
+        "record = nfhiql_ros.recording:register",
     ]},
 )

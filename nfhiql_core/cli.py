@@ -1,4 +1,5 @@
-"""`nfhiql` command line: one verb per job (datagen, train, eval, export, experiment, plot, bench)."""
+"""`nfhiql` command line: one verb per job (datagen, bag2data, train, eval, export, experiment, plot, modes,
+bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,13 @@ def _datagen(args: argparse.Namespace) -> None:
                             max_episode_steps=args.max_episode_steps, noise=args.noise,
                             dataset_type=args.dataset_type, force=args.force, progress=not args.quiet)
     print(f"wrote {path}")
+
+
+def _bag2data(args: argparse.Namespace) -> None:
+    from nfhiql_core.bag2data import bag2data
+
+    print(bag2data(args.bags, args.spec, args.output, overrides=args.set, force=args.force,
+                   progress=not args.quiet).report())
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -106,6 +114,13 @@ def _bench_train(args: argparse.Namespace) -> None:
                 compute_dtypes=args.compute_dtypes)
 
 
+def _bench_bag2data(args: argparse.Namespace) -> None:
+    from nfhiql_core.bench_bag2data import bench_bag2data
+
+    bench_bag2data(args.messages, storage=args.storage, compression=args.compression, workdir=args.workdir,
+                   progress=not args.quiet)
+
+
 def _experiment(args: argparse.Namespace) -> None:
     from nfhiql_core.experiment import load_experiment_config, run_experiment, write_report
 
@@ -121,6 +136,19 @@ def _plot(args: argparse.Namespace) -> None:
     from nfhiql_core.plots import plot_runs
 
     print(f"wrote {plot_runs(args.run_dirs, args.output)}")
+
+
+def _modes(args: argparse.Namespace) -> None:
+    import torch
+
+    from nfhiql_core.multimodality import FinderConfig, format_report, multimodality_report
+
+    torch.set_num_threads(args.threads)
+    report = multimodality_report(args.flow_checkpoint, args.gaussian_checkpoint, args.dataset, args.output,
+                                  args.json, samples=args.samples, states=args.states, seed=args.seed,
+                                  dims=args.dims, config=FinderConfig(candidates=args.candidates), force=args.force)
+    print(format_report(report))
+    print(f"wrote {args.output}" + (f" and {args.json}" if args.json else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_datagen)
+
+    p = sub.add_parser("bag2data", help="rosbag2 recordings → an OGBench-format dataset (see config/bags/)")
+    p.add_argument("bags", nargs="+", help="rosbag2 directories or .mcap/.db3 files (mcap, sqlite3, zstd or not)")
+    p.add_argument("--spec", required=True, help="YAML spec: topics → observation/action, rate, episodes")
+    p.add_argument("-o", "--output", required=True, help="dataset .npz; the sidecar is written to OUTPUT + .json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set rate_hz=20 (repeatable)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output and sidecar")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_bag2data)
 
     p = sub.add_parser("train", help="train an agent from a YAML recipe")
     p.add_argument("--config", required=True)
@@ -189,6 +227,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="curves.png")
     p.set_defaults(func=_plot)
 
+    p = sub.add_parser("modes", help="multimodality figure: flow vs Gaussian samples where the data goes two ways")
+    p.add_argument("flow_checkpoint")
+    p.add_argument("gaussian_checkpoint")
+    p.add_argument("--dataset", required=True, help="the .npz both were trained on")
+    p.add_argument("-o", "--output", required=True, help="figure (.png)")
+    p.add_argument("--json", default=None, help="write the numbers here")
+    p.add_argument("--samples", type=int, default=1000, help="samples per policy, level and situation")
+    p.add_argument("--states", type=int, default=4, help="situations (figure rows)")
+    p.add_argument("--candidates", type=int, default=2000, help="(state, goal) candidates scored")
+    p.add_argument("--dims", type=int, nargs="+", default=None,
+                   help="observation dims for neighbourhoods, modes and plots (default: all; first two plotted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.set_defaults(func=_modes)
+
     p = sub.add_parser("bench", help="benchmarks that print numbers")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("train", help="training throughput (grad steps/s), flow vs Gaussian")
@@ -219,9 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_bench_replan)
+    b = bench.add_parser("bag2data", help="bag2data messages/s and peak memory on generated bags")
+    b.add_argument("--messages", type=int, nargs="+", default=[250_000, 1_000_000], help="bag sizes")
+    b.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    b.add_argument("--compression", choices=("none", "message", "file"), default="none", help="zstd mode")
+    b.add_argument("--workdir", default=None, help="where the bags are written (default: the system temp dir)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=_bench_bag2data)
     from importlib.metadata import entry_points
     for ep in entry_points(group="nfhiql.bench"):  # e.g. `ros` (nfhiql_ros): core never imports ROS itself
         ep.load()(bench)
+    for ep in entry_points(group="nfhiql.commands"):  # e.g. `record` (nfhiql_ros)
+        ep.load()(sub)
     return parser
 
 

@@ -63,6 +63,8 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key}: expected a list, got {value!r}")
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        if dataclasses.is_dataclass(item):  # name the element: observation[2].names
+            return tuple(_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value))
         return tuple(_coerce(item, v, source, key) for v in value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from nfhiql_core.atomic_io import ensure_writable, save_npz
 from nfhiql_core.errors import ConfigError
+from nfhiql_core.oracles import DEFAULT_NOISE, PLAN_NOISE_SMOOTHING, maze_oracle_action
 
 _MAZE_TYPES = ("navigate", "stitch")
 _CUBE_TYPES = ("play",)
@@ -41,9 +42,7 @@ SUPPORTED_ENVS: tuple[str, ...] = tuple(
 ) + ("cube-single-play", "cube-double-play")
 
 _DEFAULT_STEPS = {"navigate": 1001, "stitch": 201, "play": 1001}
-_DEFAULT_NOISE = {"maze": 0.5, "cube": 0.1}
 _STITCH_DISTANCE = 4  # BFS cells between start and goal in stitch episodes.
-_PLAN_NOISE_SMOOTHING = 0.5
 _P_STACK_RANGE = {"cube-single-v0": (0.0, 0.0), "cube-double-v0": (0.0, 0.25)}
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1))
 
@@ -107,7 +106,7 @@ def _resolve_spec(
     if kind not in allowed:
         raise ConfigError(f"datagen: dataset_type {kind!r} not available for {prefix}; choose from {allowed}")
     steps = _DEFAULT_STEPS[kind] if max_episode_steps is None else max_episode_steps
-    sigma = _DEFAULT_NOISE[family] if noise is None else noise
+    sigma = DEFAULT_NOISE[family] if noise is None else noise
     if steps < 1 or sigma < 0:
         raise ConfigError(f"datagen: need max_episode_steps >= 1 and noise >= 0 (got {steps}, {sigma})")
     return _Spec(f"{prefix}-v0", family, kind, steps, float(sigma))
@@ -207,10 +206,7 @@ def _maze_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env
     ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
     recorder, done = _Recorder(), False
     while not done:
-        xy = maze.get_xy()
-        subgoal_xy, _ = maze.get_oracle_subgoal(xy, maze.cur_goal_xy)
-        direction = (subgoal_xy - xy) / (np.linalg.norm(subgoal_xy - xy) + 1e-6)
-        action = np.clip(direction + rng.normal(0.0, spec.noise, 2), -1.0, 1.0)
+        action = maze_oracle_action(maze, maze.get_xy(), maze.cur_goal_xy, spec.noise, rng)
         next_ob, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         if info["success"] and spec.dataset_type == "navigate":
@@ -224,7 +220,7 @@ def _cube_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env
     """Cube play episode: CubePlanOracle with correlated plan noise, a new target after each task."""
     ob, info = env.reset(seed=env_seed)
     p_stack = rng.uniform(*_P_STACK_RANGE[spec.env_id])
-    oracle = CubePlanOracle(env=env, noise=spec.noise, noise_smoothing=_PLAN_NOISE_SMOOTHING)
+    oracle = CubePlanOracle(env=env, noise=spec.noise, noise_smoothing=PLAN_NOISE_SMOOTHING)
     oracle.reset(ob, info)
     recorder, done = _Recorder(), False
     while not done:

@@ -15,3 +15,7 @@ class DatasetError(NfhiqlError, ValueError):
 
 class OutputExistsError(NfhiqlError, FileExistsError):
     """An output path already exists and overwriting was not requested."""
+
+
+class BagError(NfhiqlError, ValueError):
+    """A rosbag2 recording cannot be converted; the message names the bag, topic and field."""

@@ -64,8 +64,8 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
             get_logger(name).fatal(f"cannot start: {type(exc).__name__}: {exc}")
             return 1
         executor.add_node(node)
-        try:
-            while not stop.is_set() and rclpy.ok():
+        try:  # a node may end its own run by setting `done` (e.g. a recorder's duration)
+            while not stop.is_set() and rclpy.ok() and not getattr(node, "done", False):
                 executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
         finally:  # also after a callback raised: the safe command goes out first
             node.on_shutdown()
