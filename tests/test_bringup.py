@@ -420,7 +420,8 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
     from nfhiql_core.runtime import BundlePolicy, PolicyRuntime
 
     every, steps, tasks = 4, 40, ("2", "3")
-    runs = [_run(CUBE_BUNDLE, tmp_path / f"run{i}", reaper, "--tasks", *tasks, "--max-episode-steps", str(steps),
+    runs = [_run(CUBE_BUNDLE, tmp_path / f"run{i}", reaper, "--tasks", *tasks, "--episodes-per-task", "1",
+                 "--max-episode-steps", str(steps),
                  "--replan-every", str(every), "--providers", "CPU", "--record-path", str(tmp_path / f"run{i}.npz"),
                  "--quiet", "--timeout", "120", stack_name="manipulation") for i in range(2)]
     records = [np.load(tmp_path / f"run{i}.npz") for i in range(2)]
