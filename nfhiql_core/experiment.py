@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ def run_experiment(config: ExperimentConfig, jobs: int | None = None, progress: 
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
+    report_lock = threading.Lock()
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="run",
               disable=not progress, dynamic_ncols=True) as bar:
         def work(cell: Cell) -> None:
@@ -129,6 +131,8 @@ def run_experiment(config: ExperimentConfig, jobs: int | None = None, progress: 
                 tqdm.write(f"FAILED {error}")
             else:
                 tqdm.write(f"done {cell.key}")
+                with report_lock:  # the table and plots stay current while the grid runs
+                    write_report(config)
             bar.update(1)
 
         with ThreadPoolExecutor(max_workers=jobs or config.jobs) as pool:
