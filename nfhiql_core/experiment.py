@@ -347,7 +347,8 @@ def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a task with no finished run yet has nothing to label
+        ax.legend(fontsize=7)
 
 
 def _pyplot():
