@@ -314,14 +314,18 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
             curves = [c for c in curves if c]
             if not curves:
                 continue
-            n = min(len(c) for c in curves)
-            steps = np.array([r["step"] for r in curves[0][:n]])
-            success = np.array([[r["success"] for r in c[:n]] for c in curves])
-            mean = success.mean(0)
-            line, = ax.plot(steps, mean, marker="o", ms=3, linestyle="-" if fraction == 1.0 else "--",
+            by_step: dict[float, list[float]] = {}  # a run still training contributes the steps it has reached
+            for curve in curves:
+                for row in curve:
+                    by_step.setdefault(row["step"], []).append(row["success"])
+            steps = np.array(sorted(by_step))
+            values = [np.array(by_step[s]) for s in steps]
+            line, = ax.plot(steps, [v.mean() for v in values], marker="o", ms=3,
+                            linestyle="-" if fraction == 1.0 else "--",
                             label=f"{policy}, data {fraction:g} ({len(curves)} seeds)")
             if len(curves) > 1:
-                ax.fill_between(steps, success.min(0), success.max(0), color=line.get_color(), alpha=0.15)
+                ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
+                                color=line.get_color(), alpha=0.15)
         _style(ax, task.name, "gradient step", "success (shaded: min–max over seeds)")
     _save(fig, path)
 
