@@ -32,6 +32,7 @@ from nfhiql_core.atomic_io import atomic_open, save_json
 from nfhiql_core.config import from_dict, load_yaml, to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.metrics import read_csv
+from nfhiql_core.plots import pyplot, save_figure
 from nfhiql_core.train import TrainConfig, load_train_config
 
 RESULT_NAME = "result.json"
@@ -304,7 +305,7 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
 
 
 def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(config.tasks), figsize=(5.5 * len(config.tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], config.tasks):
         for fraction, policy in itertools.product(config.data_fractions, config.policies):
@@ -331,7 +332,7 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
 
 
 def _plot_fractions(config: ExperimentConfig, groups: list[dict[str, Any]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(config.tasks), figsize=(4.5 * len(config.tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], config.tasks):
         for policy in config.policies:
@@ -355,17 +356,6 @@ def _style(ax, title: str, xlabel: str, ylabel: str) -> None:
         ax.legend(fontsize=7)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    _pyplot().close(fig)
+    save_figure(fig, path)

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 
 from nfhiql_core.agent import HIQLAgent
-from nfhiql_core.atomic_io import atomic_open, ensure_writable, save_json
+from nfhiql_core.atomic_io import ensure_writable, save_json
 from nfhiql_core.checkpoint import load_checkpoint
 from nfhiql_core.dataset import Dataset, load_dataset
 from nfhiql_core.errors import NfhiqlError
+from nfhiql_core.plots import pyplot, save_figure
 
 POLICIES = ("flow", "gaussian")
 DECODE_POOL = 10_000
@@ -286,11 +287,7 @@ def plot_modes(path: Path, situations: Sequence[Situation], summaries: Sequence[
     Maze panels show the first two of `dims` (a projection when there are more); `positions` (all
     dataset states in those two coordinates) are drawn as a light occupancy image.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     xy = list(dims)[:2]
     rows = len(situations)
     height = 3.8 * rows + 1.3
@@ -350,9 +347,7 @@ def plot_modes(path: Path, situations: Sequence[Situation], summaries: Sequence[
     fig.suptitle(title, fontsize=11)
     fig.text(0.5, 0.005, "\n".join(textwrap.wrap(caption, 210)), ha="center", va="bottom", fontsize=8)
     fig.tight_layout(rect=(0, 0.9 / height, 1, 1 - 0.4 / height), h_pad=1.5)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=72)
-    plt.close(fig)
+    save_figure(fig, path, dpi=72)
 
 
 def _load_agent(path: str, policy: str, dataset: Dataset) -> tuple[HIQLAgent, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from nfhiql_core.atomic_io import atomic_open
 from nfhiql_core.errors import NfhiqlError
 from nfhiql_core.metrics import read_csv
 
@@ -12,11 +13,7 @@ TRAIN_PANELS = ("value/loss", "low_actor/log_prob", "high_actor/log_prob")
 
 def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
     """One figure: evaluation success (with 95 % CI) and key training curves, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 1 + len(TRAIN_PANELS), figsize=(4.2 * (1 + len(TRAIN_PANELS)), 3.4))
     for run_dir in map(Path, run_dirs):
         train_csv, eval_csv = run_dir / "train.csv", run_dir / "eval.csv"
@@ -43,7 +40,22 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    save_figure(fig, output)
     return output
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write `fig` as a PNG atomically (creating parent folders) and close it."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    pyplot().close(fig)
