@@ -122,9 +122,12 @@ def _bench_bag2data(args: argparse.Namespace) -> None:
 
 
 def _experiment(args: argparse.Namespace) -> None:
-    from nfhiql_core.experiment import load_experiment_config, run_experiment, write_report
+    from nfhiql_core.experiment import adopt_results, load_experiment_config, run_experiment, write_report
 
     config = load_experiment_config(args.config)
+    for report_path in args.adopt:
+        adopted = adopt_results(config, report_path)
+        print(f"adopted {len(adopted)} finished run(s) from {report_path}")
     report = write_report(config) if args.report_only else run_experiment(config, args.jobs, not args.quiet)
     out = Path(config.output_dir)
     print((out / "results.md").read_text())
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="grid YAML, e.g. config/experiments/cpu-grid.yaml")
     p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: the config's)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
+    p.add_argument("--adopt", action="append", default=[], metavar="RESULTS_JSON",
+                   help="count the runs of an earlier report (e.g. a committed snapshot) as finished where "
+                        "their budget matches; repeatable")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_experiment)
 

@@ -177,11 +177,40 @@ def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
         "success": float(np.mean([r["success"] for r in last])),
         "per_task": {t: float(np.mean([r[t] for r in last])) for t in tasks},
         "evaluated_steps": [int(r["step"]) for r in last],
+        "curve": [{"step": int(r["step"]), "success": float(r["success"])} for r in rows],
         "train_wall_s": _train_seconds(cell.run_dir / "train.csv", loop.log_interval),
         "steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
         "device": _device_name(loop.device), "threads": loop.threads,
         "agent": to_dict(cell.recipe.agent),
     }
+
+
+def adopt_results(config: ExperimentConfig, report_path: str | Path) -> list[str]:
+    """Mark cells finished with the runs of an earlier report (a results.json, e.g. a committed snapshot).
+
+    A run is adopted only into a cell that has no result yet and whose budget (steps, batch, evaluation
+    episodes, agent) equals the one the run was trained with, so a changed recipe is run again rather than
+    mixed in. Returns the adopted cell keys; the adopted result records where it came from.
+    """
+    path = Path(report_path)
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NfhiqlError(f"{path}: not a results.json with a 'runs' table ({exc})") from exc
+    adopted = []
+    for cell in grid_cells(config):
+        run = runs.get(cell.key)
+        if run is None or (cell.run_dir / RESULT_NAME).exists():
+            continue
+        loop = cell.recipe.train
+        wanted = {"steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
+                  "agent": to_dict(cell.recipe.agent)}
+        if any(run.get(k) != v for k, v in wanted.items()):
+            tqdm.write(f"not adopted (budget differs from the recipe): {cell.key}")
+            continue
+        save_json(cell.run_dir / RESULT_NAME, {**run, "adopted_from": str(path)})
+        adopted.append(cell.key)
+    return adopted
 
 
 def _train_seconds(train_csv: Path, log_interval: int) -> float:
@@ -309,9 +338,7 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
     fig, axes = plt.subplots(1, len(config.tasks), figsize=(5.5 * len(config.tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], config.tasks):
         for fraction, policy in itertools.product(config.data_fractions, config.policies):
-            curves = [read_csv(c.run_dir / "eval.csv") for c in cells
-                      if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)
-                      and (c.run_dir / "eval.csv").exists()]
+            curves = [_curve(c) for c in cells if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
             curves = [c for c in curves if c]
             if not curves:
                 continue
@@ -329,6 +356,15 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
                                 color=line.get_color(), alpha=0.15)
         _style(ax, task.name, "gradient step", "success (shaded: min–max over seeds)")
     _save(fig, path)
+
+
+def _curve(cell: Cell) -> list[dict[str, float]]:
+    """A cell's evaluations so far: its eval.csv while it trains here, else the curve its result carries."""
+    eval_csv = cell.run_dir / "eval.csv"
+    if eval_csv.exists():
+        return read_csv(eval_csv)
+    result = _load_result(cell)
+    return result.get("curve", []) if result else []
 
 
 def _plot_fractions(config: ExperimentConfig, groups: list[dict[str, Any]], path: Path) -> None:

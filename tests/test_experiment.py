@@ -11,8 +11,8 @@ import yaml
 
 from nfhiql_core.cli import main
 from nfhiql_core.errors import ConfigError, NfhiqlError
-from nfhiql_core.experiment import (RESULT_NAME, cell_result, grid_cells, load_experiment_config, run_experiment,
-                                    write_report)
+from nfhiql_core.experiment import (RESULT_NAME, _curve, adopt_results, cell_result, grid_cells,
+                                    load_experiment_config, run_experiment, write_report)
 from nfhiql_core.metrics import MetricsLogger, read_csv
 from recipes import make_dataset, write_recipe
 
@@ -138,3 +138,43 @@ def test_real_grid_trains_scores_and_resumes(tmp_path, capsys):
     assert [r["step"] for r in read_csv(flow.run_dir / "train.csv")] == [10, 20, 30]  # resumed, not restarted
     assert [r["step"] for r in read_csv(gaussian.run_dir / "eval.csv")] == [10, 20]  # finished: untouched
     assert report["runs"][flow.key]["evaluated_steps"] == [20, 30]
+
+
+def test_adopting_a_snapshot_counts_matching_runs_only(tmp_path):
+    """Runs of an earlier results.json (a committed snapshot) fill cells whose budget matches, nothing else."""
+    config = load_experiment_config(write_grid(tmp_path, seeds=[0, 1]))
+    cells = {(c.policy, c.seed): c for c in grid_cells(config)}
+    fake_run(cells["flow", 0], [0.2, 0.4])
+    fake_run(cells["gaussian", 0], [0.1, 0.3])
+    fake_run(cells["flow", 1], [0.5, 0.7])
+    write_report(config)
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text((Path(config.output_dir) / "results.json").read_text())
+    # A fresh machine: a new output directory, one cell already finished there, one recipe changed.
+    fresh_grid = write_grid(tmp_path, seeds=[0, 1], output_dir=str(tmp_path / "fresh"))
+    fresh = load_experiment_config(fresh_grid)
+    fresh_cells = {(c.policy, c.seed): c for c in grid_cells(fresh)}
+    fake_run(fresh_cells["flow", 1], [0.9, 0.9])
+    report = json.loads(snapshot.read_text())
+    report["runs"][fresh_cells["gaussian", 0].key]["steps"] = 999
+    snapshot.write_text(json.dumps(report))
+
+    assert main(["experiment", str(fresh_grid), "--adopt", str(snapshot), "--report-only"]) == 0
+    result = json.loads((fresh_cells["flow", 0].run_dir / RESULT_NAME).read_text())
+    assert result["success"] == pytest.approx(0.3) and result["adopted_from"] == str(snapshot)
+    assert [p["step"] for p in result["curve"]] == [10, 20]
+    assert not (fresh_cells["gaussian", 0].run_dir / RESULT_NAME).exists()  # budget differs: runs again
+    kept = json.loads((fresh_cells["flow", 1].run_dir / RESULT_NAME).read_text())
+    assert kept["success"] == pytest.approx(0.9) and "adopted_from" not in kept  # never overwritten
+    groups = {(g["policy"], g["data_fraction"]): g for g in write_report(fresh)["groups"]}
+    assert sorted(groups["flow", 1.0]["success_per_seed"]) == pytest.approx([0.3, 0.9])
+    assert groups["gaussian", 1.0]["success_mean"] is None
+
+    # The curve figure of adopted runs comes from the curve their result carries (no eval.csv here).
+    assert _curve(fresh_cells["flow", 0]) == result["curve"]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(NfhiqlError, match="bad.json: not a results.json") as e:
+        adopt_results(fresh, bad)
+    assert "\n" not in str(e.value)
