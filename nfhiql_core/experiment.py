@@ -354,6 +354,8 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
             if len(curves) > 1:
                 ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
                                 color=line.get_color(), alpha=0.15)
+        if not ax.lines:  # e.g. runs adopted from a snapshot written before results carried their curve
+            ax.text(0.5, 0.5, "no evaluation curves available", ha="center", va="center", transform=ax.transAxes)
         _style(ax, task.name, "gradient step", "success (shaded: min–max over seeds)")
     _save(fig, path)
 
