@@ -173,16 +173,22 @@ def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
     tasks = sorted(k for k in last[0] if k.startswith("task"))
     loop = cell.recipe.train
     return {
+        **_trained_with(cell),
         "task": cell.task, "policy": cell.policy, "data_fraction": cell.data_fraction, "seed": cell.seed,
         "success": float(np.mean([r["success"] for r in last])),
         "per_task": {t: float(np.mean([r[t] for r in last])) for t in tasks},
         "evaluated_steps": [int(r["step"]) for r in last],
         "curve": [{"step": int(r["step"]), "success": float(r["success"])} for r in rows],
         "train_wall_s": _train_seconds(cell.run_dir / "train.csv", loop.log_interval),
-        "steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
         "device": _device_name(loop.device), "threads": loop.threads,
-        "agent": to_dict(cell.recipe.agent),
     }
+
+
+def _trained_with(cell: Cell) -> dict[str, Any]:
+    """The part of a cell's recipe that decides its score: a result is reusable only where this matches."""
+    loop = cell.recipe.train
+    return {"steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
+            "agent": to_dict(cell.recipe.agent)}
 
 
 def adopt_results(config: ExperimentConfig, report_path: str | Path) -> list[str]:
@@ -202,10 +208,7 @@ def adopt_results(config: ExperimentConfig, report_path: str | Path) -> list[str
         run = runs.get(cell.key)
         if run is None or (cell.run_dir / RESULT_NAME).exists():
             continue
-        loop = cell.recipe.train
-        wanted = {"steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
-                  "agent": to_dict(cell.recipe.agent)}
-        if any(run.get(k) != v for k, v in wanted.items()):
+        if any(run.get(k) != v for k, v in _trained_with(cell).items()):
             tqdm.write(f"not adopted (budget differs from the recipe): {cell.key}")
             continue
         save_json(cell.run_dir / RESULT_NAME, {**run, "adopted_from": str(path)})
