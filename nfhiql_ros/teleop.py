@@ -111,15 +111,16 @@ class Teleop(Node):
             return
         if self.goal is None or stamp < self.goal_stamp:  # before any goal, or of the previous episode
             return
-        now = self._now_ns()
         if self.step == 0:  # the schedule starts at the first observation: its stamp if our clocks agree
-            self.start_ns = stamp if 0 <= now - stamp < self.period_ns else now
+            arrival = self._now_ns()
+            self.start_ns = stamp if 0 <= arrival - stamp < self.period_ns else arrival
         action = self.oracle.action(obs, self.goal, self.step)
         due = self.start_ns + (self.step + 1) * self.period_ns
         self.step += 1
         if self.pacer is not None:
             self.destroy_timer(self.pacer)
             self.pacer = None
+        now = self._now_ns()  # after the oracle, whose first plan of an episode takes 20-50 ms
         if not self.p.pace or due <= now:
             self._publish(action, stamp)
             return

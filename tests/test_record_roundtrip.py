@@ -166,9 +166,6 @@ def test_converted_demos_train(demo_run, tmp_path) -> None:
     assert (tmp_path / "run" / "train.csv").read_text().count("\n") >= 2
 
 
-@pytest.mark.xfail(strict=False, reason="timing-dependent: the cube plan oracle builds its plan on an episode's first "
-                   "action (19-50 ms of a 50 ms period), so the teleop's first command and observation 1 run later "
-                   "than bag2data's 25 ms tolerance and row 1 takes observation 0 (3 of 3 runs on 2026-12-01)")
 def test_cube_demonstration_through_ros(tmp_path) -> None:
     """The arm: the teleop's plan oracle solves a cube-single task in the sim over ROS, and the
     recorded (mcap + zstd) demonstration converts with config/bags/cube-sim.yaml to the sim's log."""
