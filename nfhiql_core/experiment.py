@@ -353,7 +353,7 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
             values = [np.array(by_step[s]) for s in steps]
             line, = ax.plot(steps, [v.mean() for v in values], marker="o", ms=3,
                             linestyle="-" if fraction == 1.0 else "--",
-                            label=f"{policy}, data {fraction:g} ({len(curves)} seeds)")
+                            label=f"{policy}, data {fraction:g} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
             if len(curves) > 1:
                 ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
                                 color=line.get_color(), alpha=0.15)
