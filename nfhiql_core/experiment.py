@@ -293,7 +293,8 @@ def _retention(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if fraction == 1.0 or full is None or g["success_mean"] is None or not full["success_mean"]:
             continue
         rows.append({"task": task, "policy": policy, "data_fraction": fraction,
-                     "retention": g["success_mean"] / full["success_mean"]})
+                     "retention": g["success_mean"] / full["success_mean"],
+                     "seeds": len(g["seeds_done"]), "full_data_seeds": len(full["seeds_done"])})
     return rows
 
 
@@ -328,6 +329,8 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
             lines.append(f"| {task.name} | {fraction:g} | " + " | ".join(cells) + f" | {budget} | {wall} | {device} |")
     lines += ["", "Data efficiency (success with less data ÷ success with all data):", ""]
     lines += [f"- {r['task']}, {r['policy']}, data {r['data_fraction']:g}: {100 * r['retention']:.0f} %"
+              + ("" if r["seeds"] == r["full_data_seeds"] else
+                 f" ({r['seeds']} vs {r['full_data_seeds']} seeds: not yet like for like)")
               for r in report["retention"]] or ["- (not enough finished runs yet)"]
     refs = [t for t in config.tasks if t.reference]
     if refs:

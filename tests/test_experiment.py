@@ -100,7 +100,9 @@ def test_report_aggregates_last_evaluations_over_seeds(tmp_path):
     assert groups["gaussian", 0.1]["success_mean"] is None
     (retention,) = [r for r in report["retention"] if r["policy"] == "flow"]
     assert retention["retention"] == pytest.approx(0.5 / 0.7)
+    assert (retention["seeds"], retention["full_data_seeds"]) == (1, 3)
     table = (Path(config.output_dir) / "results.md").read_text()
+    assert f"- {TASK}, flow, data 0.1: 71 % (1 vs 3 seeds: not yet like for like)" in table
     assert f"| {TASK} | 1 | 70.0 ± 0.0 | 50.0 ± 28.3 (2/3 seeds) |" in table
     assert f"| {TASK} | 0.1 | 50.0 (1/3 seeds) | — |" in table
     assert "OGBench HIQL 79 ± 5 %" in table
