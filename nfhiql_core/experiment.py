@@ -265,7 +265,7 @@ def write_report(config: ExperimentConfig) -> dict[str, Any]:
     save_json(out / "results.json", report)
     with atomic_open(out / "results.md", "w") as f:
         f.write(_markdown(config, report))
-    _plot_curves(config, cells, out / "curves.png")
+    _plot_curves(config, cells, results, out / "curves.png")
     _plot_fractions(config, groups, out / "data_fraction.png")
     return report
 
@@ -339,12 +339,14 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) -> None:
+def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], results: dict[str, dict[str, Any] | None],
+                 path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(config.tasks), figsize=(5.5 * len(config.tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], config.tasks):
         for fraction, policy in itertools.product(config.data_fractions, config.policies):
-            curves = [_curve(c) for c in cells if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
+            curves = [_curve(c, results[c.key]) for c in cells
+                      if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
             curves = [c for c in curves if c]
             if not curves:
                 continue
@@ -366,12 +368,11 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], path: Path) ->
     _save(fig, path)
 
 
-def _curve(cell: Cell) -> list[dict[str, float]]:
-    """A cell's evaluations so far: its eval.csv while it trains here, else the curve its result carries."""
+def _curve(cell: Cell, result: dict[str, Any] | None) -> list[dict[str, float]]:
+    """A cell's evaluations so far: its eval.csv while it trains here, else the curve its `result` carries."""
     eval_csv = cell.run_dir / "eval.csv"
     if eval_csv.exists():
         return read_csv(eval_csv)
-    result = _load_result(cell)
     return result.get("curve", []) if result else []
 
 

@@ -173,7 +173,7 @@ def test_adopting_a_snapshot_counts_matching_runs_only(tmp_path):
     assert groups["gaussian", 1.0]["success_mean"] is None
 
     # The curve figure of adopted runs comes from the curve their result carries (no eval.csv here).
-    assert _curve(fresh_cells["flow", 0]) == result["curve"]
+    assert _curve(fresh_cells["flow", 0], result) == result["curve"]
 
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
