@@ -249,12 +249,14 @@ def write_report(config: ExperimentConfig) -> dict[str, Any]:
             members = [c for c in cells if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
             done = [results[c.key] for c in members if results[c.key] is not None]
             scores = [r["success"] for r in done]
+            spreads = [s for s in (_eval_spread(r, config.final_evals) for r in done) if s is not None]
             groups.append({
                 "task": task.name, "policy": policy, "data_fraction": fraction,
                 "seeds_done": [r["seed"] for r in done], "seeds_planned": list(config.seeds),
                 "success_per_seed": scores,
                 "success_mean": float(np.mean(scores)) if scores else None,
                 "success_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                "eval_spread_mean": float(np.mean(spreads)) if spreads else None, "eval_spread_runs": len(spreads),
                 "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in done])) if done else None,
                 "budget": _budget(members[0].recipe, config.final_evals),
                 "device": done[0]["device"] if done else None,
@@ -273,6 +275,12 @@ def write_report(config: ExperimentConfig) -> dict[str, Any]:
 def _load_result(cell: Cell) -> dict[str, Any] | None:
     path = cell.run_dir / RESULT_NAME
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _eval_spread(result: dict[str, Any], final_evals: int) -> float | None:
+    """Sample std of a run's scored evaluations (how much its success moves from one evaluation to the next)."""
+    last = [row["success"] for row in result.get("curve", [])][-final_evals:]
+    return float(np.std(last, ddof=1)) if final_evals > 1 and len(last) == final_evals else None
 
 
 def _budget(recipe: TrainConfig, final_evals: int) -> dict[str, Any]:
@@ -332,6 +340,13 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
               + ("" if r["seeds"] == r["full_data_seeds"] else
                  f" ({r['seeds']} vs {r['full_data_seeds']} seeds: not yet like for like)")
               for r in report["retention"]] or ["- (not enough finished runs yet)"]
+    lines += ["", f"Training stability (sample std of a run's last {config.final_evals} evaluations, in points, "
+              "mean over runs; the spread over seeds is the table's ±):", ""]
+    lines += [f"- {g['task']}, {g['policy']}, data {g['data_fraction']:g}: "
+              + (f"{100 * g['eval_spread_mean']:.1f} ({g['eval_spread_runs']} run"
+                 f"{'' if g['eval_spread_runs'] == 1 else 's'})" if g["eval_spread_mean"] is not None
+                 else "not recorded (no evaluation curve kept)")
+              for g in groups if g["seeds_done"]]
     refs = [t for t in config.tasks if t.reference]
     if refs:
         lines += ["", "Published reference for the Gaussian control:", ""]

@@ -98,6 +98,9 @@ def test_report_aggregates_last_evaluations_over_seeds(tmp_path):
     assert groups["flow", 1.0]["train_wall_s_mean"] == pytest.approx(6.0)
     assert groups["gaussian", 1.0]["success_std"] == pytest.approx(np.std([0.3, 0.7], ddof=1))
     assert groups["gaussian", 0.1]["success_mean"] is None
+    spreads = [np.std(curve[-2:], ddof=1) for curve in flow_full.values()]  # .141, 0, .283
+    assert groups["flow", 1.0]["eval_spread_mean"] == pytest.approx(np.mean(spreads))
+    assert groups["flow", 1.0]["eval_spread_runs"] == 3
     (retention,) = [r for r in report["retention"] if r["policy"] == "flow"]
     assert retention["retention"] == pytest.approx(0.5 / 0.7)
     assert (retention["seeds"], retention["full_data_seeds"]) == (1, 3)
@@ -106,8 +109,25 @@ def test_report_aggregates_last_evaluations_over_seeds(tmp_path):
     assert f"| {TASK} | 1 | 70.0 ± 0.0 | 50.0 ± 28.3 (2/3 seeds) |" in table
     assert f"| {TASK} | 0.1 | 50.0 (1/3 seeds) | — |" in table
     assert "OGBench HIQL 79 ± 5 %" in table
+    assert f"- {TASK}, flow, data 1: 14.1 (3 runs)" in table
+    assert f"- {TASK}, flow, data 0.1: 14.1 (1 run)" in table
+    assert f"{TASK}, gaussian, data 0.1:" not in table.split("Training stability")[1]
     for figure in ("curves.png", "data_fraction.png"):
         assert (Path(config.output_dir) / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_stability_of_runs_scored_without_a_curve_is_not_recorded(tmp_path):
+    """Results written before they carried their evaluation curve (the 2026-11-25 snapshot) have no spread."""
+    config = load_experiment_config(write_grid(tmp_path))
+    cell = grid_cells(config)[0]
+    fake_run(cell, [0.2, 0.4])
+    result = json.loads((cell.run_dir / RESULT_NAME).read_text())
+    del result["curve"]
+    (cell.run_dir / RESULT_NAME).write_text(json.dumps(result))
+    (group, *_) = write_report(config)["groups"]
+    assert (group["policy"], group["eval_spread_mean"], group["eval_spread_runs"]) == ("flow", None, 0)
+    table = (Path(config.output_dir) / "results.md").read_text()
+    assert f"- {TASK}, flow, data 1: not recorded (no evaluation curve kept)" in table
 
 
 def test_scoring_needs_enough_evaluations(tmp_path):
