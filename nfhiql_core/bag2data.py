@@ -23,7 +23,6 @@ Each bag is converted on its own (episodes never span bags), in bounded memory:
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import tempfile
 from bisect import bisect_right
@@ -37,6 +36,7 @@ from tqdm import tqdm
 from nfhiql_core.atomic_io import ensure_writable, save_json
 from nfhiql_core.bag_extract import ExtractError, deserializer, make_decoder, one_line, stamp_getter, value_fields
 from nfhiql_core.bag_spec import QUATERNION, BagSpec, FieldSpec, load_spec
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import to_dict
 from nfhiql_core.errors import BagError
 from nfhiql_core.spill import SpillArray, write_npz
@@ -299,14 +299,7 @@ def _compression(reader) -> str:
 def _checksums(path: Path) -> dict[str, str]:
     """sha256 of each file of the bag."""
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    out = {}
-    for file in files:
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out[file.name] = digest.hexdigest()
-    return out
+    return {file.name: sha256_file(file) for file in files}
 
 
 # ---- pass 2: episodes and resampling -----------------------------------------------------------

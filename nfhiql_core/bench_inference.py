@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from nfhiql_core.agent import HIQLAgent
-from nfhiql_core.bundle import Bundle, BundleError, sha256_file
+from nfhiql_core.bundle import Bundle, BundleError
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.checkpoint import load_checkpoint
 from nfhiql_core.export import level_modules
 from nfhiql_core.runtime import PolicyRuntime

@@ -13,7 +13,6 @@ needs neither torch nor onnxruntime.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import from_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 
@@ -131,15 +131,6 @@ class Bundle:
 
     def model_path(self, level: str) -> Path:
         return self.path / self.metadata.model(level).file
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_metadata(bundle_dir: str | os.PathLike) -> BundleMetadata:

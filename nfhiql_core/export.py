@@ -44,7 +44,8 @@ from torch import nn
 import nfhiql_core
 from nfhiql_core.agent import HIQLAgent
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sha256_file
+from nfhiql_core.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.checkpoint import load_checkpoint
 from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.dataset import load_dataset

@@ -12,7 +12,8 @@ from torch import nn
 
 import nfhiql_core.export as export_module
 from bundle_helpers import KINDS, MAZE, exported, fitted_agent
-from nfhiql_core.bundle import FORMAT, load_bundle, sha256_file
+from nfhiql_core.bundle import FORMAT, load_bundle
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.checkpoint import CheckpointError, load_checkpoint
 from nfhiql_core.errors import OutputExistsError
 from nfhiql_core.export import ExportError, export_bundle

@@ -14,7 +14,8 @@ import nfhiql_core.runtime as runtime_module
 from bundle_helpers import KINDS, MAZE, bundle_copy, exported, fitted_agent
 from nfhiql_core.agent import TorchPolicy
 from nfhiql_core.bench_inference import bench_inference
-from nfhiql_core.bundle import BundleError, sha256_file
+from nfhiql_core.bundle import BundleError
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.bundle_eval import evaluate_bundle, replan_table
 from nfhiql_core.evaluation import evaluate
 from nfhiql_core.runtime import (BundlePolicy, InputShapeError, NonFiniteOutputError, PolicyRuntime,
