@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from nfhiql_core.config import from_dict, load_yaml, to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.metrics import read_csv
 from nfhiql_core.plots import pyplot, save_figure
-from nfhiql_core.train import TrainConfig, load_train_config
+from nfhiql_core.train import DATASET_RECORD, TrainConfig, load_train_config
 
 RESULT_NAME = "result.json"
 
@@ -181,7 +182,14 @@ def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
         "curve": [{"step": int(r["step"]), "success": float(r["success"])} for r in rows],
         "train_wall_s": _train_seconds(cell.run_dir / "train.csv", loop.log_interval),
         "device": _device_name(loop.device), "threads": loop.threads,
+        "dataset_sha256": _dataset_sha256(cell.run_dir),
     }
+
+
+def _dataset_sha256(run_dir: Path) -> str | None:
+    """The sha256 of the dataset file the run trained on, where the run recorded it (runs since 2026-12-02)."""
+    record = run_dir / DATASET_RECORD
+    return json.loads(record.read_text())["sha256"] if record.exists() else None
 
 
 def _trained_with(cell: Cell) -> dict[str, Any]:
@@ -258,8 +266,9 @@ def write_report(config: ExperimentConfig) -> dict[str, Any]:
                 "success_std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
                 "eval_spread_mean": float(np.mean(spreads)) if spreads else None, "eval_spread_runs": len(spreads),
                 "train_wall_s_mean": float(np.mean([r["train_wall_s"] for r in done])) if done else None,
+                "train_wall_s_by_device": {d: float(np.mean([r["train_wall_s"] for r in done if r["device"] == d]))
+                                           for d in sorted({r["device"] for r in done})},
                 "budget": _budget(members[0].recipe, config.final_evals),
-                "device": done[0]["device"] if done else None,
             })
     report = {"config": to_dict(config), "groups": groups, "retention": _retention(groups),
               "runs": {k: v for k, v in results.items() if v is not None}}
@@ -330,11 +339,7 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
             b = row[0]["budget"]
             budget = (f"{b['steps']} steps, batch {b['batch_size']}, actor {b['actor_hidden_dims']}, "
                       f"value {b['value_hidden_dims']}, flow {b['flow']}")
-            walls = [g["train_wall_s_mean"] for g in row if g["train_wall_s_mean"] is not None]
-            wall = " / ".join(f"{g['policy']} {g['train_wall_s_mean'] / 60:.0f} min" for g in row
-                              if g["train_wall_s_mean"] is not None) if walls else "—"
-            device = next((g["device"] for g in row if g["device"]), "—")
-            lines.append(f"| {task.name} | {fraction:g} | " + " | ".join(cells) + f" | {budget} | {wall} | {device} |")
+            lines.append(f"| {task.name} | {fraction:g} | " + " | ".join(cells) + f" | {budget} | {_walls(row)} |")
     lines += ["", "Data efficiency (success with less data ÷ success with all data):", ""]
     lines += [f"- {r['task']}, {r['policy']}, data {r['data_fraction']:g}: {100 * r['retention']:.0f} %"
               + ("" if r["seeds"] == r["full_data_seeds"] else
@@ -347,11 +352,26 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
                  f"{'' if g['eval_spread_runs'] == 1 else 's'})" if g["eval_spread_mean"] is not None
                  else "not recorded (no evaluation curve kept)")
               for g in groups if g["seeds_done"]]
+    lines += ["", "Datasets (sha256 of the file each finished run trained on):", ""]
+    for task in config.tasks:
+        files = Counter(r.get("dataset_sha256") for r in report["runs"].values() if r["task"] == task.name)
+        lines.append(f"- {task.name}: " + (", ".join(
+            f"{sha[:12] + '…' if sha else 'not recorded'} ({n} run{'' if n == 1 else 's'})"
+            for sha, n in files.items()) or "no finished run yet"))
     refs = [t for t in config.tasks if t.reference]
     if refs:
         lines += ["", "Published reference for the Gaussian control:", ""]
         lines += [f"- {t.name}: {t.reference}" for t in refs]
     return "\n".join(lines) + "\n"
+
+
+def _walls(row: list[dict[str, Any]]) -> str:
+    """The table's wall time and device cells for one row, per device where the row's runs used several."""
+    devices = sorted({d for g in row for d in g["train_wall_s_by_device"]})
+    wall = " / ".join(f"{g['policy']} " + ", ".join(f"{seconds / 60:.0f} min" + (f" on {d}" if len(devices) > 1 else "")
+                                                    for d, seconds in g["train_wall_s_by_device"].items())
+                      for g in row if g["train_wall_s_by_device"])
+    return f"{wall or '—'} | {'; '.join(devices) or '—'}"
 
 
 def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], results: dict[str, dict[str, Any] | None],

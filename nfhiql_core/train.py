@@ -2,6 +2,7 @@
 metrics (CSV + TensorBoard), atomic checkpoints and crash-safe resume."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,9 @@ import yaml
 from tqdm import tqdm
 
 from nfhiql_core.agent import AgentConfig, HIQLAgent, TorchPolicy
+from nfhiql_core.atomic_io import save_json
 from nfhiql_core.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
 from nfhiql_core.dataset import load_dataset
 from nfhiql_core.errors import ConfigError, OutputExistsError
@@ -22,6 +25,7 @@ from nfhiql_core.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
 from nfhiql_core.metrics import MetricsLogger
 
 CHECKPOINT_NAME = "checkpoint.pt"
+DATASET_RECORD = "dataset.json"  # {"path", "sha256"} of the file a run was trained on from its first step
 # Sampler knobs that live in the agent section (one home each).
 _SAMPLER_KEYS_FROM_AGENT = ("discount", "subgoal_steps")
 
@@ -113,13 +117,17 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
     rng = np.random.default_rng(config.seed)
     start = 0
+    data_record = {"path": dataset.source, "sha256": sha256_file(dataset.source)}
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, device)
         _check_same_recipe(ckpt.config, config, ckpt_path)
+        _check_same_dataset(run_dir / DATASET_RECORD, data_record)
         agent.load_state_dict(ckpt.model)
         agent.optimizer.load_state_dict(ckpt.optimizer)
         rng = restore_rng(ckpt)
         start = ckpt.step
+    else:
+        save_json(run_dir / DATASET_RECORD, data_record)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     metrics = MetricsLogger(run_dir, resume_step=start if resume else None)
@@ -163,6 +171,17 @@ def _check_same_recipe(saved: dict[str, Any], config: TrainConfig, ckpt_path: Pa
     for section in ("agent", "dataset", "sampler", "seed"):
         if saved.get(section) != current[section]:
             raise ConfigError(f"{ckpt_path}: cannot resume: '{section}' differs from the checkpoint's recipe")
+
+
+def _check_same_dataset(record_path: Path, current: dict[str, str]) -> None:
+    """Refuse to resume on other data (e.g. a dataset regenerated on another machine); runs written before
+    runs recorded their dataset have no record and resume as they did."""
+    if not record_path.exists():
+        return
+    saved = json.loads(record_path.read_text())
+    if saved["sha256"] != current["sha256"]:
+        raise ConfigError(f"{record_path}: cannot resume: {current['path']} (sha256 {current['sha256'][:12]}…) is not "
+                          f"the dataset this run was trained on ({saved['path']}, sha256 {saved['sha256'][:12]}…)")
 
 
 def _evaluate_and_log(agent: HIQLAgent, config: TrainConfig, step: int, metrics: MetricsLogger,

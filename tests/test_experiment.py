@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from nfhiql_core.checksums import sha256_file
 from nfhiql_core.cli import main
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.experiment import (RESULT_NAME, _curve, adopt_results, cell_result, grid_cells,
@@ -130,6 +131,29 @@ def test_stability_of_runs_scored_without_a_curve_is_not_recorded(tmp_path):
     assert f"- {TASK}, flow, data 1: not recorded (no evaluation curve kept)" in table
 
 
+def test_report_names_each_device_and_dataset_file_its_runs_used(tmp_path):
+    """Runs continued on another machine (other CPU, dataset regenerated there) are reported apart, not blended."""
+    config = load_experiment_config(write_grid(tmp_path, seeds=[0, 1]))
+    cells = {(c.policy, c.seed): c for c in grid_cells(config)}
+    fake_run(cells["flow", 0], [0.2, 0.4], wall_per_row=60.0)  # 2 min of training
+    fake_run(cells["gaussian", 0], [0.1, 0.3], wall_per_row=60.0)
+    fake_run(cells["flow", 1], [0.5, 0.7], wall_per_row=120.0)  # 4 min, elsewhere
+    moved = json.loads((cells["flow", 1].run_dir / RESULT_NAME).read_text())
+    here, there = moved["device"], "CPU (Other CPU, 2 cores)"
+    moved.update(device=there, dataset_sha256="ab" * 32)
+    (cells["flow", 1].run_dir / RESULT_NAME).write_text(json.dumps(moved))
+    report = write_report(config)
+
+    (flow, gaussian) = [g for g in report["groups"] if g["data_fraction"] == 1.0]
+    assert flow["train_wall_s_by_device"] == {here: pytest.approx(120.0), there: pytest.approx(240.0)}
+    assert gaussian["train_wall_s_by_device"] == {here: pytest.approx(120.0)}
+    table = (Path(config.output_dir) / "results.md").read_text()
+    walls = {here: "2 min", there: "4 min"}
+    flow_walls = ", ".join(f"{walls[d]} on {d}" for d in sorted(walls))
+    assert (f"| flow {flow_walls} / gaussian 2 min on {here} | {'; '.join(sorted(walls))} |") in table
+    assert f"- {TASK}: not recorded (2 runs), abababababab… (1 run)" in table
+
+
 def test_scoring_needs_enough_evaluations(tmp_path):
     cell = grid_cells(load_experiment_config(write_grid(tmp_path)))[0]
     MetricsLogger(cell.run_dir).log("eval", 10, {"success": 1.0, "ci95": 0.0})
@@ -148,6 +172,7 @@ def test_real_grid_trains_scores_and_resumes(tmp_path, capsys):
         assert [r["step"] for r in evals] == [10, 20]
         assert result["success"] == pytest.approx(np.mean([r["success"] for r in evals]))
         assert result["evaluated_steps"] == [10, 20] and result["steps"] == 20
+        assert result["dataset_sha256"] == sha256_file(tmp_path / "walk.npz")
     assert "| flow | gaussian |" in capsys.readouterr().out
 
     # Extend the budget: finished results are re-scored only for cells that run again. Dropping

@@ -2,6 +2,7 @@
 metrics CSV. Tiny nets on a 2-D random-walk dataset; env=None so no evaluation runs."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import yaml
 
 import nfhiql_core.train as train_module
 from nfhiql_core.checkpoint import load_checkpoint
+from nfhiql_core.checksums import sha256_file
 from recipes import make_dataset, write_recipe
 from nfhiql_core.errors import ConfigError, OutputExistsError
 from nfhiql_core.metrics import read_csv
-from nfhiql_core.train import TrainConfig, load_train_config, train
+from nfhiql_core.train import DATASET_RECORD, TrainConfig, load_train_config, train
 
 LOSS_COLUMNS = ("value/loss", "low_actor/loss", "high_actor/loss", "loss")
 
@@ -235,6 +237,26 @@ def test_run_dir_protection_force_and_changed_recipe(setup, tmp_path):
     assert not (run / "notes.txt").exists()
     assert load_checkpoint(run / "checkpoint.pt").step == 5
     assert [r["step"] for r in read_csv(run / "train.csv")] == [5]
+
+
+def test_resume_refuses_a_dataset_that_changed(setup, tmp_path):
+    """A run records the sha256 of its dataset; resuming on a regenerated file is refused, nothing touched."""
+    recipe, _ = setup
+    data, run = make_dataset(tmp_path / "walk.npz"), tmp_path / "run"
+    train(config(recipe, run, "train.steps=10", f"dataset.path={data}"), progress=False)
+    record = json.loads((run / DATASET_RECORD).read_text())
+    assert record == {"path": str(data), "sha256": sha256_file(data)}
+
+    make_dataset(data, seed=1)  # same path and shape, other contents
+    before = snapshot(run)
+    with pytest.raises(ConfigError, match="cannot resume: .* is not the dataset this run was trained on") as e:
+        train(config(recipe, run, "train.steps=20", f"dataset.path={data}"), resume=True, progress=False)
+    assert str(run / DATASET_RECORD) in str(e.value) and "\n" not in str(e.value)
+    assert snapshot(run) == before
+
+    make_dataset(data)  # the original bytes again: resumes
+    train(config(recipe, run, "train.steps=20", f"dataset.path={data}"), resume=True, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt").step == 20
 
 
 def test_non_empty_dir_without_checkpoint_is_protected(setup, tmp_path):
