@@ -348,21 +348,24 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
     lines += ["", f"Training stability (sample std of a run's last {config.final_evals} evaluations, in points, "
               "mean over runs; the spread over seeds is the table's ±):", ""]
     lines += [f"- {g['task']}, {g['policy']}, data {g['data_fraction']:g}: "
-              + (f"{100 * g['eval_spread_mean']:.1f} ({g['eval_spread_runs']} run"
-                 f"{'' if g['eval_spread_runs'] == 1 else 's'})" if g["eval_spread_mean"] is not None
-                 else "not recorded (no evaluation curve kept)")
+              + (f"{100 * g['eval_spread_mean']:.1f} ({_count(g['eval_spread_runs'], 'run')})"
+                 if g["eval_spread_mean"] is not None else "not recorded (no evaluation curve kept)")
               for g in groups if g["seeds_done"]]
     lines += ["", "Datasets (sha256 of the file each finished run trained on):", ""]
     for task in config.tasks:
         files = Counter(r.get("dataset_sha256") for r in report["runs"].values() if r["task"] == task.name)
         lines.append(f"- {task.name}: " + (", ".join(
-            f"{sha[:12] + '…' if sha else 'not recorded'} ({n} run{'' if n == 1 else 's'})"
+            f"{sha[:12] + '…' if sha else 'not recorded'} ({_count(n, 'run')})"
             for sha, n in files.items()) or "no finished run yet"))
     refs = [t for t in config.tasks if t.reference]
     if refs:
         lines += ["", "Published reference for the Gaussian control:", ""]
         lines += [f"- {t.name}: {t.reference}" for t in refs]
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _walls(row: list[dict[str, Any]]) -> str:
@@ -393,7 +396,7 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], results: dict[
             values = [np.array(by_step[s]) for s in steps]
             line, = ax.plot(steps, [v.mean() for v in values], marker="o", ms=3,
                             linestyle="-" if fraction == 1.0 else "--",
-                            label=f"{policy}, data {fraction:g} ({len(curves)} seed{'' if len(curves) == 1 else 's'})")
+                            label=f"{policy}, data {fraction:g} ({_count(len(curves), 'seed')})")
             if len(curves) > 1:
                 ax.fill_between(steps, [v.min() for v in values], [v.max() for v in values],
                                 color=line.get_color(), alpha=0.15)
