@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Sequence
 from nfhiql_core.errors import NfhiqlError
 
 if TYPE_CHECKING:
-    from nfhiql_core.evaluation import EvalResult
+    from nfhiql_core.evaluation.protocol import EvalResult
 
 
 def _datagen(args: argparse.Namespace) -> None:
-    from nfhiql_core.datagen import generate_dataset
+    from nfhiql_core.data.datagen import generate_dataset
 
     path = generate_dataset(args.env, args.episodes, args.seed, args.output, workers=args.workers,
                             max_episode_steps=args.max_episode_steps, noise=args.noise,
@@ -24,14 +24,14 @@ def _datagen(args: argparse.Namespace) -> None:
 
 
 def _bag2data(args: argparse.Namespace) -> None:
-    from nfhiql_core.bag2data import bag2data
+    from nfhiql_core.bags.bag2data import bag2data
 
     print(bag2data(args.bags, args.spec, args.output, overrides=args.set, force=args.force,
                    progress=not args.quiet).report())
 
 
 def _train(args: argparse.Namespace) -> None:
-    from nfhiql_core.train import load_train_config, train
+    from nfhiql_core.training.train import load_train_config, train
 
     config = load_train_config(args.config, args.overrides)
     path = train(config, resume=args.resume, force=args.force, progress=not args.quiet)
@@ -41,10 +41,10 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
-    from nfhiql_core.evaluation import evaluate
-    from nfhiql_core.agent import TorchPolicy
-    from nfhiql_core.checkpoint import load_checkpoint
-    from nfhiql_core.train import resolve_device
+    from nfhiql_core.evaluation.protocol import evaluate
+    from nfhiql_core.algo.agent import TorchPolicy
+    from nfhiql_core.training.checkpoint import load_checkpoint
+    from nfhiql_core.training.train import resolve_device
 
     if Path(args.checkpoint).is_dir():
         return _eval_bundle(args)
@@ -61,8 +61,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _eval_bundle(args: argparse.Namespace) -> None:
-    from nfhiql_core.bundle_eval import evaluate_bundle
-    from nfhiql_core.runtime import DEFAULT_PROVIDERS, PolicyRuntime
+    from nfhiql_core.evaluation.bundle_eval import evaluate_bundle
+    from nfhiql_core.deploy.runtime import DEFAULT_PROVIDERS, PolicyRuntime
 
     runtime = PolicyRuntime(args.checkpoint, args.providers or DEFAULT_PROVIDERS, args.require_provider,
                             intra_op_threads=args.threads, temperature=args.temperature, seed=args.seed)
@@ -72,7 +72,7 @@ def _eval_bundle(args: argparse.Namespace) -> None:
 
 
 def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **extra: object) -> None:
-    from nfhiql_core.evaluation import write_result
+    from nfhiql_core.evaluation.protocol import write_result
 
     if args.json:
         write_result(result, args.json)
@@ -83,7 +83,7 @@ def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **ex
 
 
 def _export(args: argparse.Namespace) -> None:
-    from nfhiql_core.export import export_bundle
+    from nfhiql_core.training.export import export_bundle
 
     meta = export_bundle(args.checkpoint, args.output, env=args.env, control_period_s=args.control_period,
                          force=args.force, atol=args.atol)
@@ -93,36 +93,36 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _bench_inference(args: argparse.Namespace) -> None:
-    from nfhiql_core.bench_inference import bench_inference
+    from nfhiql_core.bench.inference import bench_inference
 
     bench_inference(args.bundle, calls=args.calls, warmup=args.warmup, checkpoint=args.checkpoint,
                     providers=args.providers, threads=args.threads)
 
 
 def _bench_replan(args: argparse.Namespace) -> None:
-    from nfhiql_core.bundle_eval import replan_table
-    from nfhiql_core.runtime import PolicyRuntime
+    from nfhiql_core.evaluation.bundle_eval import replan_table
+    from nfhiql_core.deploy.runtime import PolicyRuntime
 
     replan_table(PolicyRuntime(args.bundle, args.providers), args.env, args.intervals, episodes_per_task=args.episodes,
                  seed=args.seed, num_envs=args.num_envs, progress=not args.quiet)
 
 
 def _bench_train(args: argparse.Namespace) -> None:
-    from nfhiql_core.bench import bench_train
+    from nfhiql_core.bench.train import bench_train
 
     bench_train(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device,
                 compute_dtypes=args.compute_dtypes)
 
 
 def _bench_bag2data(args: argparse.Namespace) -> None:
-    from nfhiql_core.bench_bag2data import bench_bag2data
+    from nfhiql_core.bench.bag2data import bench_bag2data
 
     bench_bag2data(args.messages, storage=args.storage, compression=args.compression, workdir=args.workdir,
                    progress=not args.quiet)
 
 
 def _experiment(args: argparse.Namespace) -> None:
-    from nfhiql_core.experiment import adopt_results, load_experiment_config, run_experiment, write_report
+    from nfhiql_core.analysis.experiment import adopt_results, load_experiment_config, run_experiment, write_report
 
     config = load_experiment_config(args.config)
     for report_path in args.adopt:
@@ -136,7 +136,7 @@ def _experiment(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from nfhiql_core.plots import plot_runs
+    from nfhiql_core.analysis.plots import plot_runs
 
     print(f"wrote {plot_runs(args.run_dirs, args.output)}")
 
@@ -144,7 +144,7 @@ def _plot(args: argparse.Namespace) -> None:
 def _modes(args: argparse.Namespace) -> None:
     import torch
 
-    from nfhiql_core.multimodality import FinderConfig, format_report, multimodality_report
+    from nfhiql_core.analysis.multimodality import FinderConfig, format_report, multimodality_report
 
     torch.set_num_threads(args.threads)
     report = multimodality_report(args.flow_checkpoint, args.gaussian_checkpoint, args.dataset, args.output,

@@ -116,7 +116,7 @@ class SyntheticSim:
 
 
 def _fixed_inputs(bundle: str):
-    from nfhiql_core.runtime import PolicyRuntime
+    from nfhiql_core.deploy.runtime import PolicyRuntime
 
     runtime = PolicyRuntime(bundle, ["CPUExecutionProvider"])
     meta = runtime.metadata

@@ -1,7 +1,7 @@
 """mujoco_sim: an OGBench environment standing in for the robot.
 
 Runs the evaluation episodes of one scenario (tasks × episodes_per_task, seeded exactly like
-`nfhiql_core.evaluation.evaluate` through `nfhiql_core.episodes`), publishes `goal`, `observation`,
+`nfhiql_core.evaluation.protocol.evaluate` through `nfhiql_core.evaluation.episodes`), publishes `goal`, `observation`,
 `joint_states` and one `sim/episode` status per episode, and steps on commands: once per command
 stamped with the latest observation (`lockstep`, see the lockstep contract in nfhiql_ros/README.md)
 or on a wall-clock timer with the latest fresh command (`realtime`).
@@ -32,7 +32,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from nfhiql_core.atomic_io import save_npz
-from nfhiql_core.episodes import Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
+from nfhiql_core.evaluation.episodes import Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_ros import ros_io
 from nfhiql_ros.params import declare_parameters

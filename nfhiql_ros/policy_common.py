@@ -15,7 +15,7 @@ from typing import Sequence
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
-from nfhiql_core.runtime import PolicyRuntime
+from nfhiql_core.deploy.runtime import PolicyRuntime
 from nfhiql_ros.executors import EXECUTORS
 from nfhiql_ros.ros_io import LOCKSTEP_QOS, SENSOR_QOS
 

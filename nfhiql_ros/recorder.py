@@ -28,7 +28,7 @@ from pathlib import Path
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from nfhiql_core.bag2data import typestore
+from nfhiql_core.bags.bag2data import typestore
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters
 from nfhiql_ros.recording import RecorderParams, check_output

@@ -29,7 +29,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
 
-from nfhiql_core.runtime import NonFiniteOutputError
+from nfhiql_core.deploy.runtime import NonFiniteOutputError
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters

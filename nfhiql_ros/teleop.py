@@ -12,7 +12,7 @@ At every new goal it publishes an episode marker on `teleop/episode` (a stamped 
 latched like the goal, so a recorder that subscribes late still gets the current episode's).
 It exits after the sim's summary status.
 
-The oracles are OGBench's (`nfhiql_core.oracles`): point mazes (BFS direction to the goal plus
+The oracles are OGBench's (`nfhiql_core.data.oracles`): point mazes (BFS direction to the goal plus
 Gaussian noise) and cube-single (the pick-and-place plan oracle with correlated plan noise), run
 from the observation and goal messages; the teleop's own copy of the env only supplies what the
 oracles read from it (maze map, arm bounds, timestep). Every step happens in the sim.
@@ -29,9 +29,9 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
-from nfhiql_core.episodes import canonical_env_name, make_env
+from nfhiql_core.evaluation.episodes import canonical_env_name, make_env
 from nfhiql_core.errors import ConfigError
-from nfhiql_core.oracles import make_oracle
+from nfhiql_core.data.oracles import make_oracle
 from nfhiql_ros import ros_io
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.mujoco_sim import STATUS_QOS, SUMMARY_NAME, control_timestep

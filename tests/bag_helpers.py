@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
-from nfhiql_core.bag2data import typestore
+from nfhiql_core.bags.bag2data import typestore
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC  # stamps start here

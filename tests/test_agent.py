@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from nfhiql_core.agent import AgentConfig, HIQLAgent, TorchPolicy
-from nfhiql_core.networks import length_normalize
+from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy
+from nfhiql_core.algo.networks import length_normalize
 
 OBS, ACT, B = 3, 2, 5
 

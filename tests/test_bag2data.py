@@ -16,12 +16,12 @@ import yaml
 
 from bag_helpers import SEC, T0, BagWriter, cmd_field, js_field, write_spec
 from nfhiql_core import cli
-from nfhiql_core.bag2data import bag2data, sidecar_path, typestore
-from nfhiql_core.bag_extract import JointSelector, JointStateDecoder, deserializer
-from nfhiql_core.bag_spec import FieldSpec, load_spec
-from nfhiql_core.dataset import load_dataset
+from nfhiql_core.bags.bag2data import bag2data, sidecar_path, typestore
+from nfhiql_core.bags.extract import JointSelector, JointStateDecoder, deserializer
+from nfhiql_core.bags.spec import FieldSpec, load_spec
+from nfhiql_core.data.dataset import load_dataset
 from nfhiql_core.errors import ConfigError
-from nfhiql_core.spill import SpillArray, write_npz
+from nfhiql_core.bags.spill import SpillArray, write_npz
 from recipes import write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,7 @@ def test_spec_override_on_the_command_line(tmp_path, capsys) -> None:
 
 
 def test_output_trains_with_nfhiql_train(tmp_path) -> None:
-    from nfhiql_core.train import load_train_config, train
+    from nfhiql_core.training.train import load_train_config, train
 
     with BagWriter(tmp_path / "bag") as bag:
         for ep in range(4):
@@ -373,7 +373,7 @@ def test_conversion_and_the_cli_need_no_ros() -> None:
     """nfhiql_core never imports ROS: with rclpy unimportable, the CLI (entry-point verbs included)
     parses and bag2data imports."""
     code = ("import sys; sys.modules['rclpy'] = None\n"
-            "from nfhiql_core import cli, bag2data, bench_bag2data\n"
+            "from nfhiql_core import cli\nfrom nfhiql_core.bags import bag2data\nfrom nfhiql_core.bench import bag2data as bench_bag2data\n"
             "args = cli.build_parser().parse_args(['bag2data', 'b', '--spec', 's', '-o', 'o'])\n"
             "assert args.func is cli._bag2data\n"
             "ros = [m for m, mod in sys.modules.items() if mod and m.split('.')[0] in ('rclpy', 'sensor_msgs')]\n"

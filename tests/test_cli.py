@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from nfhiql_core.checkpoint import load_checkpoint
+from nfhiql_core.training.checkpoint import load_checkpoint
 from recipes import make_dataset, write_recipe
 from nfhiql_core.cli import main
-from nfhiql_core.metrics import read_csv
-from nfhiql_core.train import load_train_config, train
+from nfhiql_core.training.metrics import read_csv
+from nfhiql_core.training.train import load_train_config, train
 
 NFHIQL = str(Path(sys.executable).with_name("nfhiql"))
 # One torch thread in the child processes: on a busy 2-core machine torch's default thread pool

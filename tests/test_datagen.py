@@ -1,4 +1,4 @@
-"""Tests for nfhiql_core.datagen: seeded OGBench-format dataset generation."""
+"""Tests for nfhiql_core.data.datagen: seeded OGBench-format dataset generation."""
 from __future__ import annotations
 
 import gymnasium
@@ -6,7 +6,7 @@ import numpy as np
 import ogbench
 import pytest
 
-from nfhiql_core.datagen import SUPPORTED_ENVS, _cells_at_distance, generate_dataset
+from nfhiql_core.data.datagen import SUPPORTED_ENVS, _cells_at_distance, generate_dataset
 from nfhiql_core.errors import ConfigError, OutputExistsError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

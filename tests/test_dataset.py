@@ -1,4 +1,4 @@
-"""Tests for nfhiql_core.dataset: OGBench layouts, validation errors, subsets, name resolution."""
+"""Tests for nfhiql_core.data.dataset: OGBench layouts, validation errors, subsets, name resolution."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ogbench.utils import load_dataset as ogbench_load_dataset
 
-from nfhiql_core.dataset import Dataset, load_dataset, resolve_dataset_path
+from nfhiql_core.data.dataset import Dataset, load_dataset, resolve_dataset_path
 from nfhiql_core.errors import DatasetError
 
 TRAJ_LENS = (2, 7, 4, 10, 3)  # observations per trajectory, final one included

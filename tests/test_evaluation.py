@@ -1,4 +1,4 @@
-"""Tests for nfhiql_core.evaluation on real OGBench environments with hand-written policies."""
+"""Tests for nfhiql_core.evaluation.protocol on real OGBench environments with hand-written policies."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nfhiql_core.errors import ConfigError
-from nfhiql_core.evaluation import EvalResult, PolicyError, evaluate, make_env, write_result
+from nfhiql_core.evaluation.protocol import EvalResult, PolicyError, evaluate, make_env, write_result
 
 MAZE = "pointmaze-medium-navigate-v0"
 

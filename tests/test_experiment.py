@@ -12,9 +12,9 @@ import yaml
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.cli import main
 from nfhiql_core.errors import ConfigError, NfhiqlError
-from nfhiql_core.experiment import (RESULT_NAME, _curve, adopt_results, cell_result, grid_cells,
+from nfhiql_core.analysis.experiment import (RESULT_NAME, _curve, adopt_results, cell_result, grid_cells,
                                     load_experiment_config, run_experiment, write_report)
-from nfhiql_core.metrics import MetricsLogger, read_csv
+from nfhiql_core.training.metrics import MetricsLogger, read_csv
 from recipes import make_dataset, write_recipe
 
 TASK = "pointmaze-medium-navigate"

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-import nfhiql_core.export as export_module
+import nfhiql_core.training.export as export_module
 from bundle_helpers import KINDS, MAZE, exported, fitted_agent
-from nfhiql_core.bundle import FORMAT, load_bundle
+from nfhiql_core.deploy.bundle import FORMAT, load_bundle
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.checkpoint import CheckpointError, load_checkpoint
+from nfhiql_core.training.checkpoint import CheckpointError, load_checkpoint
 from nfhiql_core.errors import OutputExistsError
-from nfhiql_core.export import ExportError, export_bundle
-from nfhiql_core.runtime import PolicyRuntime
+from nfhiql_core.training.export import ExportError, export_bundle
+from nfhiql_core.deploy.runtime import PolicyRuntime
 
 
 @pytest.mark.parametrize("policy,space", KINDS)

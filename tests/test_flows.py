@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from nfhiql_core.flows import ConditionalRealNVP, PLULinear, standard_normal_log_prob
-from nfhiql_core.policies import FlowPolicy, GaussianPolicy
+from nfhiql_core.algo.flows import ConditionalRealNVP, PLULinear, standard_normal_log_prob
+from nfhiql_core.algo.policies import FlowPolicy, GaussianPolicy
 
 
 def perturbed_flow(dim: int, context_dim: int, seed: int, scale: float = 0.05) -> ConditionalRealNVP:

@@ -1,4 +1,4 @@
-"""Tests for nfhiql_core.goal_sampler against OGBench's GCDataset/HGCDataset semantics."""
+"""Tests for nfhiql_core.data.goal_sampler against OGBench's GCDataset/HGCDataset semantics."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,9 +6,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from nfhiql_core.dataset import Dataset
+from nfhiql_core.data.dataset import Dataset
 from nfhiql_core.errors import ConfigError
-from nfhiql_core.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
+from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
 
 K = 25
 TRAJ_ONLY = {"value_p_curgoal": 0.0, "value_p_trajgoal": 1.0, "value_p_randomgoal": 0.0}

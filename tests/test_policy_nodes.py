@@ -32,10 +32,10 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from bundle_helpers import fitted_agent, recipe  # noqa: E402
-from nfhiql_core.checkpoint import save_checkpoint  # noqa: E402
-from nfhiql_core.export import export_bundle  # noqa: E402
-from nfhiql_core.runtime import PolicyRuntime  # noqa: E402
-from nfhiql_core.train import DatasetConfig  # noqa: E402
+from nfhiql_core.training.checkpoint import save_checkpoint  # noqa: E402
+from nfhiql_core.training.export import export_bundle  # noqa: E402
+from nfhiql_core.deploy.runtime import PolicyRuntime  # noqa: E402
+from nfhiql_core.training.train import DatasetConfig  # noqa: E402
 from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, LOCKSTEP_QOS, STATE_QOS, stamp_to_ns, vector_msg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,10 +477,10 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
 
 
 def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, caplog) -> None:
-    from nfhiql_core.bundle import load_bundle
+    from nfhiql_core.deploy.bundle import load_bundle
     from nfhiql_core.config import to_dict
     from nfhiql_core.errors import DatasetError
-    from nfhiql_core.export import _ood_metadata
+    from nfhiql_core.training.export import _ood_metadata
 
     missing = str(tmp_path / "missing.npz")
     config = to_dict(dataclasses.replace(recipe("flow", "rep"), dataset=DatasetConfig(path=missing)))

@@ -22,7 +22,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from nfhiql_core import cli  # noqa: E402
-from nfhiql_core.bag2data import bag2data, typestore  # noqa: E402
+from nfhiql_core.bags.bag2data import bag2data, typestore  # noqa: E402
 from recipes import write_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_recorded_bags_carry_message_definitions_hashes_and_qos(demo_run) -> Non
 
 
 def test_converted_demos_train(demo_run, tmp_path) -> None:
-    from nfhiql_core.train import load_train_config, train
+    from nfhiql_core.training.train import load_train_config, train
 
     _, bags, _ = demo_run
     data = tmp_path / "demos.npz"

@@ -10,15 +10,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import nfhiql_core.runtime as runtime_module
+import nfhiql_core.deploy.runtime as runtime_module
 from bundle_helpers import KINDS, MAZE, bundle_copy, exported, fitted_agent
-from nfhiql_core.agent import TorchPolicy
-from nfhiql_core.bench_inference import bench_inference
-from nfhiql_core.bundle import BundleError
+from nfhiql_core.algo.agent import TorchPolicy
+from nfhiql_core.bench.inference import bench_inference
+from nfhiql_core.deploy.bundle import BundleError
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.bundle_eval import evaluate_bundle, replan_table
-from nfhiql_core.evaluation import evaluate
-from nfhiql_core.runtime import (BundlePolicy, InputShapeError, NonFiniteOutputError, PolicyRuntime,
+from nfhiql_core.evaluation.bundle_eval import evaluate_bundle, replan_table
+from nfhiql_core.evaluation.protocol import evaluate
+from nfhiql_core.deploy.runtime import (BundlePolicy, InputShapeError, NonFiniteOutputError, PolicyRuntime,
                                  ProviderError)
 
 CPU = ["CPUExecutionProvider"]
@@ -38,7 +38,7 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks the CPU fallback on a machine without CUDA")
 def test_default_providers_report_cpu_fallback(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="nfhiql_core.runtime"):
+    with caplog.at_level(logging.WARNING, logger="nfhiql_core.deploy.runtime"):
         rt = PolicyRuntime(exported("flow", "rep")[1])
     assert rt.providers == ["CPUExecutionProvider"]
     assert "CUDAExecutionProvider is not available" in caplog.text

@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-import nfhiql_core.train as train_module
-from nfhiql_core.checkpoint import load_checkpoint
+import nfhiql_core.training.train as train_module
+from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.checksums import sha256_file
 from recipes import make_dataset, write_recipe
 from nfhiql_core.errors import ConfigError, OutputExistsError
-from nfhiql_core.metrics import read_csv
-from nfhiql_core.train import DATASET_RECORD, TrainConfig, load_train_config, train
+from nfhiql_core.training.metrics import read_csv
+from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config, train
 
 LOSS_COLUMNS = ("value/loss", "low_actor/loss", "high_actor/loss", "loss")
 

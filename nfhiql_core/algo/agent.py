@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfhiql_core.networks import GoalConditionedValue, GoalRepresentation, length_normalize
-from nfhiql_core.policies import FlowPolicy, GaussianPolicy
+from nfhiql_core.algo.networks import GoalConditionedValue, GoalRepresentation, length_normalize
+from nfhiql_core.algo.policies import FlowPolicy, GaussianPolicy
 
 POLICY_KINDS = ("flow", "gaussian")
 SUBGOAL_SPACES = ("rep", "state")
@@ -226,7 +226,7 @@ class HIQLAgent(nn.Module):
 
 
 class TorchPolicy:
-    """Numpy-in / numpy-out adapter of an agent for `nfhiql_core.evaluation.evaluate`."""
+    """Numpy-in / numpy-out adapter of an agent for `nfhiql_core.evaluation.protocol.evaluate`."""
 
     def __init__(self, agent: HIQLAgent, temperature: float = 0.0, seed: int = 0):
         self.agent = agent

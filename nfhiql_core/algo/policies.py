@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nfhiql_core.flows import ConditionalRealNVP, standard_normal_log_prob
-from nfhiql_core.networks import MLP
+from nfhiql_core.algo.flows import ConditionalRealNVP, standard_normal_log_prob
+from nfhiql_core.algo.networks import MLP
 
 
 class GaussianPolicy(nn.Module):

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from nfhiql_core.atomic_io import ensure_writable, save_npz
 from nfhiql_core.errors import ConfigError
-from nfhiql_core.oracles import DEFAULT_NOISE, PLAN_NOISE_SMOOTHING, maze_oracle_action
+from nfhiql_core.data.oracles import DEFAULT_NOISE, PLAN_NOISE_SMOOTHING, maze_oracle_action
 
 _MAZE_TYPES = ("navigate", "stitch")
 _CUBE_TYPES = ("play",)

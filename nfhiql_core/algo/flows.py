@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nfhiql_core.networks import MLP
+from nfhiql_core.algo.networks import MLP
 
 
 class PLULinear(nn.Module):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nfhiql_core.dataset import Dataset
+from nfhiql_core.data.dataset import Dataset
 from nfhiql_core.errors import ConfigError
 
 

@@ -14,15 +14,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from nfhiql_core.agent import AgentConfig, HIQLAgent, TorchPolicy
+from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from nfhiql_core.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
-from nfhiql_core.dataset import load_dataset
+from nfhiql_core.data.dataset import load_dataset
 from nfhiql_core.errors import ConfigError, OutputExistsError
-from nfhiql_core.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
-from nfhiql_core.metrics import MetricsLogger
+from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
+from nfhiql_core.training.metrics import MetricsLogger
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DATASET_RECORD = "dataset.json"  # {"path", "sha256"} of the file a run was trained on from its first step
@@ -186,7 +186,7 @@ def _check_same_dataset(record_path: Path, current: dict[str, str]) -> None:
 
 def _evaluate_and_log(agent: HIQLAgent, config: TrainConfig, step: int, metrics: MetricsLogger,
                       progress: bool) -> None:
-    from nfhiql_core.evaluation import evaluate  # imports ogbench/mujoco only when evaluating
+    from nfhiql_core.evaluation.protocol import evaluate  # imports ogbench/mujoco only when evaluating
 
     agent.eval()
     result = evaluate(TorchPolicy(agent, config.train.eval_temperature, seed=config.seed), config.env,

@@ -6,10 +6,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nfhiql_core.bundle import BundleError, check_dims
-from nfhiql_core.episodes import make_env
-from nfhiql_core.evaluation import EvalResult, evaluate
-from nfhiql_core.runtime import BundlePolicy, PolicyRuntime
+from nfhiql_core.deploy.bundle import BundleError, check_dims
+from nfhiql_core.evaluation.episodes import make_env
+from nfhiql_core.evaluation.protocol import EvalResult, evaluate
+from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
 
 
 def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every: int = 1,

@@ -51,7 +51,7 @@ def write_bench_bag(path: Path, messages: int, storage: str = "mcap", compressio
     """Write a synthetic teleop bag of about `messages` messages; returns the exact count."""
     from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
-    from nfhiql_core.bag2data import typestore
+    from nfhiql_core.bags.bag2data import typestore
 
     ts = typestore()
     types = ts.types
@@ -118,7 +118,7 @@ def convert_and_measure(bag: str, spec: str, output: str) -> dict:
     The kernel's peak-RSS mark is reset just before converting (/proc/self/clear_refs), so the peak
     is the conversion's own; without that (not Linux) it is the process's lifetime peak.
     """
-    import nfhiql_core.bag2data as b2d
+    import nfhiql_core.bags.bag2data as b2d
 
     b2d.typestore()  # imports and the type store are done before the baseline
     baseline = _status_mb("VmRSS") if Path("/proc/self/status").exists() else 0.0
@@ -147,7 +147,7 @@ def bench_bag2data(sizes: Sequence[int] = (250_000, 1_000_000), storage: str = "
             count = write_bench_bag(bag, size, storage, compression, progress)
             bag_mb = sum(p.stat().st_size for p in bag.iterdir()) / 2**20
             child = subprocess.run(
-                [sys.executable, "-c", "import json, sys; from nfhiql_core.bench_bag2data import convert_and_measure; "
+                [sys.executable, "-c", "import json, sys; from nfhiql_core.bench.bag2data import convert_and_measure; "
                  "print(json.dumps(convert_and_measure(*sys.argv[1:])))", str(bag), str(spec),
                  str(root / f"out-{size}.npz")], capture_output=True, text=True, check=False)
             if child.returncode:

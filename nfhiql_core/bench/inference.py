@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfhiql_core.agent import HIQLAgent
-from nfhiql_core.bundle import Bundle, BundleError
+from nfhiql_core.algo.agent import HIQLAgent
+from nfhiql_core.deploy.bundle import Bundle, BundleError
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.checkpoint import load_checkpoint
-from nfhiql_core.export import level_modules
-from nfhiql_core.runtime import PolicyRuntime
+from nfhiql_core.training.checkpoint import load_checkpoint
+from nfhiql_core.training.export import level_modules
+from nfhiql_core.deploy.runtime import PolicyRuntime
 
 ACT_P99_TARGET_US = 300.0  # low-level `act` on CPU
 

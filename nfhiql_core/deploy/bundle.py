@@ -8,7 +8,7 @@
 
 Both models take the base noise z as an input (z = 0: the deterministic policy) and have a
 dynamic batch dimension. `load_bundle` validates everything a runtime relies on and fails with a
-one-line `BundleError`. Written by `nfhiql_core.export`, read by `nfhiql_core.runtime`; this module
+one-line `BundleError`. Written by `nfhiql_core.training.export`, read by `nfhiql_core.deploy.runtime`; this module
 needs neither torch nor onnxruntime.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ class BundleMetadata:
     `ood_log_likelihood` holds the out-of-distribution alarm thresholds taken from the training data
     at export: {"high": h, "low": l, "percentile": p, "samples": n, "dataset": path}, where h (l) is
     the p-th percentile of the high (low) level's log-likelihood of its own z = 0 output over n
-    dataset states (see `nfhiql_core.export.ood_thresholds`); None when the dataset was not
+    dataset states (see `nfhiql_core.training.export.ood_thresholds`); None when the dataset was not
     available at export (the controller's alarm is then disabled).
     """
 

@@ -1,4 +1,4 @@
-"""`nfhiql export`: checkpoint → self-verified policy bundle (see `nfhiql_core.bundle` for the layout).
+"""`nfhiql export`: checkpoint → self-verified policy bundle (see `nfhiql_core.deploy.bundle` for the layout).
 
 The two levels are exported in the sampling direction only, with the noise z as an input and a
 dynamic batch dimension, by torch's dynamo exporter as single-file models (`external_data=False`;
@@ -42,17 +42,17 @@ import torch
 from torch import nn
 
 import nfhiql_core
-from nfhiql_core.agent import HIQLAgent
+from nfhiql_core.algo.agent import HIQLAgent
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle
+from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.checkpoint import load_checkpoint
+from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.config import from_dict, to_dict
-from nfhiql_core.dataset import load_dataset
+from nfhiql_core.data.dataset import load_dataset
 from nfhiql_core.errors import NfhiqlError, OutputExistsError
-from nfhiql_core.goal_sampler import HierarchicalGoalSampler
-from nfhiql_core.networks import length_normalize
-from nfhiql_core.runtime import LevelSession
+from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
+from nfhiql_core.algo.networks import length_normalize
+from nfhiql_core.deploy.runtime import LevelSession
 
 OPSET = 18
 PARITY_ATOL = 1e-5
@@ -179,7 +179,7 @@ def _env_description(env_name: str | None, obs_dim: int, action_dim: int) -> dic
             "action_low": (-1.0,) * action_dim, "action_high": (1.0,) * action_dim, "control_period_s": None}
     if env_name is None:
         return desc
-    from nfhiql_core.episodes import make_env  # imports ogbench: only when an env is named
+    from nfhiql_core.evaluation.episodes import make_env  # imports ogbench: only when an env is named
 
     env = make_env(env_name)
     try:
@@ -247,7 +247,7 @@ def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent
 
     None, with a warning, when the recipe's dataset is not available; an explicit `dataset` must load.
     """
-    from nfhiql_core.train import TrainConfig  # the recipe's dataset and goal-sampler settings
+    from nfhiql_core.training.train import TrainConfig  # the recipe's dataset and goal-sampler settings
 
     try:
         recipe = from_dict(TrainConfig, config, "checkpoint recipe")

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from nfhiql_core.atomic_io import atomic_open
 from nfhiql_core.errors import NfhiqlError
-from nfhiql_core.metrics import read_csv
+from nfhiql_core.training.metrics import read_csv
 
 TRAIN_PANELS = ("value/loss", "low_actor/log_prob", "high_actor/log_prob")
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from nfhiql_core.bundle import BundleError, BundleMetadata, LEVELS, ModelInfo, check_dims, load_bundle
+from nfhiql_core.deploy.bundle import BundleError, BundleMetadata, LEVELS, ModelInfo, check_dims, load_bundle
 from nfhiql_core.errors import NfhiqlError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfhiql_core.agent import AgentConfig, HIQLAgent
+from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
 from nfhiql_core.atomic_io import atomic_open
 from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.errors import NfhiqlError

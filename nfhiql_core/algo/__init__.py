@@ -1,0 +1,1 @@
+"""The learning algorithm: flows, networks, policies and the NF-HIQL agent (torch)."""

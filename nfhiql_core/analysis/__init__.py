@@ -1,0 +1,1 @@
+"""Experiment grids, the multimodality study and plots."""

@@ -1,0 +1,1 @@
+"""`nfhiql bench`: training throughput, inference latency and bag conversion speed."""

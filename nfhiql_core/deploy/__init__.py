@@ -1,0 +1,1 @@
+"""What a robot runs: policy bundles and the ONNX Runtime policy runtime (numpy + onnxruntime, no torch)."""
