@@ -6,6 +6,12 @@ read a node's parameters without importing rclpy, MuJoCo or torch.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nfhiql_core.errors import ConfigError
+
 # ---- topics (relative names: a namespace moves them all)
 OBSERVATION_TOPIC = "observation"
 GOAL_TOPIC = "goal"
@@ -30,3 +36,155 @@ SAFE_COMMANDS = ("zero", "hold")
 OOD_ACTIONS = ("warn", "safe_stop")
 EXECUTORS = ("single_threaded", "events")
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+# ---- node parameters
+# Each field is a ROS parameter of its node, declared once from here (`nfhiql_ros.params`): its
+# default, description, range/choices and whether it may change at run time. None of the nodes
+# re-reads a parameter after start-up, so every parameter is read-only unless it says otherwise.
+
+class ParameterError(ConfigError):
+    """A node parameter is out of its range or not one of its choices; names the node and parameter."""
+
+
+def param(default: Any, description: str, *, low: float | None = None, high: float | None = None,
+          choices: tuple[str, ...] = (), read_only: bool = True) -> Any:
+    """A parameter field: default, description, inclusive range [low, high] (None = open), choices."""
+    return dataclasses.field(default=default, metadata={
+        "description": description, "low": low, "high": high, "choices": choices, "read_only": read_only})
+
+
+def describe(params_cls: type, name: str) -> dict[str, Any]:
+    """The metadata of parameter `name` (description, low, high, choices, read_only)."""
+    return next(f.metadata for f in dataclasses.fields(params_cls) if f.name == name)
+
+
+def check_fields(params: Any, node: str) -> None:
+    """Raise ParameterError for the first field outside its range or choices."""
+    for f in dataclasses.fields(params):
+        value, meta = getattr(params, f.name), f.metadata
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if meta.get("choices") and v not in meta["choices"]:
+                raise ParameterError(f"{node} parameter {f.name}: must be one of {', '.join(meta['choices'])}, "
+                                     f"got {v!r}")
+            if meta.get("low") is not None and not v >= meta["low"]:
+                raise ParameterError(f"{node} parameter {f.name}: must be >= {meta['low']:g}, got {v!r}")
+            if meta.get("high") is not None and not v <= meta["high"]:
+                raise ParameterError(f"{node} parameter {f.name}: must be <= {meta['high']:g}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """Parameters of both policy nodes (the `/**` block of the parameter file)."""
+
+    NODE: ClassVar[str] = "policy node"
+
+    bundle: str = param("", "policy bundle directory (required)")
+    trigger: str = param("timer", "what paces the stack: timer (realtime: the controller acts every control "
+                         "period on the latest observation) or observation (lockstep with mujoco_sim: one command "
+                         "per observation, observations subscribed lossless and in order)", choices=TRIGGERS)
+    replan_every: int = param(0, "observations per subgoal; 0 = the bundle's subgoal_steps", low=0, high=10_000)
+    providers: tuple[str, ...] = param(DEFAULT_PROVIDERS, "ONNX Runtime execution providers in priority order "
+                                       "(short names like CUDA allowed); CPU is the fallback")
+    executor: str = param("single_threaded", "rclpy executor", choices=EXECUTORS)
+    diagnostics_period_s: float = param(1.0, "period of the /diagnostics status (s)", low=1e-3, high=3600.0)
+
+    def __post_init__(self) -> None:
+        node = self.NODE
+        if not self.bundle:
+            raise ParameterError(f"{node} parameter bundle: required (the policy bundle directory)")
+        if not self.providers:
+            raise ParameterError(f"{node} parameter providers: name at least one ONNX Runtime execution provider")
+        check_fields(self, node)
+
+
+@dataclass(frozen=True)
+class PlannerParams(PolicyParams):
+    """`subgoal_planner`: the shared policy parameters plus its rate."""
+
+    NODE: ClassVar[str] = "subgoal_planner"
+
+    rate_hz: float = param(0.0, "planner rate in Hz, realtime only: sets replan_every from the bundle's control "
+                           "period; 0 = use replan_every", low=0.0, high=10_000.0)
+
+
+@dataclass(frozen=True)
+class ControllerParams(PolicyParams):
+    """`flow_controller`: the shared policy parameters plus the safety layer and the command output."""
+
+    NODE: ClassVar[str] = "flow_controller"
+
+    control_period_s: float = param(0.0, "control period (s); 0 = the bundle's", low=0.0, high=10.0)
+    observation_timeout_s: float = param(0.0, "an observation older than this is stale (s); 0 = 1.5 control "
+                                         "periods", low=0.0, high=60.0)
+    subgoal_timeout_s: float = param(0.0, "how long past its due time the next subgoal may be late (s); 0 = 2 "
+                                     "control periods", low=0.0, high=60.0)
+    subgoal_wait_s: float = param(1.0, "lockstep: how long an observation waits for its planned subgoal before "
+                                  "the safe command answers it (s)", low=0.0, high=60.0)
+    safe_command: str = param("zero", "the safe command: zero (velocity/delta actions, Servo twists) or hold "
+                              "(repeat the last policy command: absolute-position commands)", choices=SAFE_COMMANDS)
+    max_delta_per_step: float = param(0.0, "rate limit: largest change of a command element per step; 0 = off",
+                                      low=0.0)
+    ood_alarm: bool = param(True, "alarm when a log-likelihood falls below the bundle's training-data threshold")
+    ood_action: str = param("warn", "what an OOD alarm does: warn, or safe_stop (send the safe command)",
+                            choices=OOD_ACTIONS)
+    command_output: str = param("sim", "sim (JointState `command`), forward (ros2_control forward command "
+                                "controller) or servo_twist (MoveIt Servo TwistStamped)", choices=OUTPUTS)
+    forward_controller: str = param("forward_position_controller", "command_output forward: the controller name "
+                                    "(publishes <name>/commands)")
+    twist_axes: tuple[int, ...] = param((0, 1, 2, -1, -1, -1), "command_output servo_twist: action index for "
+                                        "linear x, y, z, angular x, y, z (-1 = 0)", low=-1)
+    twist_scale: tuple[float, ...] = param((1.0, 1.0, 1.0, 1.0, 1.0, 1.0), "command_output servo_twist: scale "
+                                           "of each twist component")
+    twist_frame_id: str = param("", "command_output servo_twist: header.frame_id of the twist")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.twist_axes) != 6 or len(self.twist_scale) != 6:
+            raise ParameterError("flow_controller parameters twist_axes and twist_scale: need 6 entries "
+                                 "(linear x, y, z, angular x, y, z)")
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """`mujoco_sim` (sim/*.yaml are parameter files for these)."""
+
+    env: str = param("pointmaze-medium-navigate-v0", "OGBench env id or dataset name")
+    mode: str = param("lockstep", "lockstep (one step per command answering the latest observation) or realtime "
+                      "(wall-clock timer, latest fresh command)", choices=MODES)
+    control_period_s: float = param(0.0, "realtime timer period (s); 0 = the env's control timestep",
+                                    low=0.0, high=10.0)
+    seed: int = param(0, "evaluation seed: episode seeds as `nfhiql eval`'s", low=0)
+    tasks: tuple[int, ...] = param((1, 2, 3, 4, 5), "evaluation task ids", low=1)
+    episodes_per_task: int = param(1, "episodes per task", low=1)
+    max_episode_steps: int = param(0, "episode step cap; 0 = the env's time limit", low=0)
+    start_delay_s: float = param(1.0, "wait this long (discovery) before the first episode (s)", low=0.0)
+    min_observation_subscribers: int = param(1, "lockstep: also wait for this many `observation` subscribers",
+                                             low=0)
+    command_timeout_s: float = param(0.5, "realtime: a command older than this means the zero action (s)",
+                                     low=1e-6)
+    record_path: str = param("", "npz trajectory log written on exit; '' = off")
+    exit_when_done: bool = param(True, "shut down (exit code 0) after the last episode")
+    frame_id: str = param("", "header.frame_id of observation, goal and joint_states")
+    joint_name_prefix: str = param("", "stripped from MuJoCo joint names in joint_states (e.g. 'ur5e/')")
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ParameterError("mujoco_sim parameter tasks: must be a non-empty list of task ids >= 1")
+        check_fields(self, "mujoco_sim")
+
+
+@dataclass(frozen=True)
+class TeleopParams:
+    """`teleop`: OGBench's scripted oracle answering the sim's observations."""
+
+    env: str = param("pointmaze-medium-navigate-v0", "the sim's env: point mazes and cube-single")
+    seed: int = param(0, "seed of the command noise", low=0)
+    noise: float = param(-1.0, "the oracle's noise level; < 0 = OGBench's (maze 0.5, cube 0.1)")
+    control_period_s: float = param(0.0, "pacing period (s); 0 = the env's control timestep", low=0.0, high=10.0)
+    pace: bool = param(True, "answer at the control rate (lockstep sims); false for realtime sims")
+    exit_when_done: bool = param(True, "exit after the sim's summary status")
+
+    def __post_init__(self) -> None:
+        check_fields(self, "teleop")

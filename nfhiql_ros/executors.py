@@ -22,7 +22,8 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
-EXECUTORS = ("single_threaded", "events")
+from nfhiql_ros.contract import EXECUTORS
+
 SPIN_TIMEOUT_S = 0.1  # how often the loop checks the stop flag
 
 

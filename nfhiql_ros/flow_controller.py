@@ -56,7 +56,6 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -71,52 +70,15 @@ from std_msgs.msg import Float64, Float64MultiArray
 from nfhiql_core.deploy.runtime import NonFiniteOutputError
 from nfhiql_ros.diagnostics import ERROR, OK, WARN, CadenceMonitor, status_array
 from nfhiql_ros.executors import run_node
-from nfhiql_ros.params import declare_parameters
-from nfhiql_ros.policy_common import PolicyParams, ReplanSchedule, load_runtime, observation_qos, replan_every
+from nfhiql_ros.contract import SERVO_TOPIC, ControllerParams
+from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.policy_common import ReplanSchedule, load_runtime, observation_qos, replan_every
 from nfhiql_ros.ros_io import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, MessageError, ns_to_stamp, vector_from_msg,
                                vector_msg)
 
-OUTPUTS = ("sim", "forward", "servo_twist")
-SAFE_COMMANDS = ("zero", "hold")
-OOD_ACTIONS = ("warn", "safe_stop")
-SERVO_TOPIC = "servo_node/delta_twist_cmds"
 ERROR_REASONS = ("no_observation", "stale_observation", "non_finite_output")  # the rest is WARN
 SUBGOALS_KEPT = 32
 ACK_TIMEOUT_S = 1.0  # how long shutdown waits for the last safe command to be acknowledged
-
-
-@dataclass(frozen=True)
-class ControllerParams(PolicyParams):
-    """The shared policy parameters plus the controller's (see the module docstring)."""
-
-    control_period_s: float = 0.0  # 0 = the bundle's control period
-    observation_timeout_s: float = 0.0  # 0 = 1.5 control periods
-    subgoal_timeout_s: float = 0.0  # 0 = 2 control periods
-    # trigger `observation` (lockstep): how long an observation waits for its planned subgoal before
-    # the safe command answers it. The sim does not step meanwhile, so waiting only costs wall time.
-    subgoal_wait_s: float = 1.0
-    safe_command: str = "zero"
-    max_delta_per_step: float = 0.0  # 0 = no rate limit
-    ood_alarm: bool = True
-    ood_action: str = "warn"
-    command_output: str = "sim"
-    forward_controller: str = "forward_position_controller"
-    twist_axes: tuple[int, ...] = (0, 1, 2, -1, -1, -1)
-    twist_scale: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-    twist_frame_id: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name, choices in (("command_output", OUTPUTS), ("safe_command", SAFE_COMMANDS),
-                              ("ood_action", OOD_ACTIONS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        for name in ("control_period_s", "observation_timeout_s", "subgoal_timeout_s", "subgoal_wait_s",
-                     "max_delta_per_step"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if len(self.twist_axes) != 6 or len(self.twist_scale) != 6:
-            raise ValueError("twist_axes and twist_scale need 6 entries (linear x, y, z, angular x, y, z)")
 
 
 class Stamped(NamedTuple):
@@ -176,7 +138,7 @@ class FlowController(Node):
     """Low-level policy node with the safety layer (see the module docstring)."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
-        super().__init__("flow_controller", **node_kwargs)
+        super().__init__("flow_controller", **with_command_line_overrides(node_kwargs))
         p = self.params = declare_parameters(self, ControllerParams)
         self.executor_name = p.executor
         self.runtime = load_runtime(self, p)

@@ -15,7 +15,6 @@ import dataclasses
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -35,11 +34,10 @@ from nfhiql_core.atomic_io import save_npz
 from nfhiql_core.evaluation.episodes import Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_ros import ros_io
-from nfhiql_ros.params import declare_parameters
+from nfhiql_ros.contract import EPISODE_STATUS, SUMMARY_STATUS, SimParams
+from nfhiql_ros.params import declare_parameters, with_command_line_overrides
 
-MODES = ("lockstep", "realtime")
-STATUS_NAME = "mujoco_sim/episode"
-SUMMARY_NAME = "mujoco_sim/summary"
+STATUS_NAME, SUMMARY_NAME = EPISODE_STATUS, SUMMARY_STATUS
 # Episode results: RELIABLE, deep enough that a slow subscriber misses none of a run's statuses.
 STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # Command subscriptions: RELIABLE like ros2_control's; depth 10 so that in lockstep a valid command
@@ -49,49 +47,6 @@ STARTUP_POLL_S = 0.05
 LOCKSTEP_STALL_S = 2.0  # warn when a lockstep run has waited this long for a command
 GOAL_ACK_TIMEOUT_S = 1.0  # wait for the new goal to be acknowledged before the first observation
 FLUSH_TIMEOUT_S = 1.0  # on exit, wait at most this long for subscribers to acknowledge the last statuses
-
-
-@dataclass(frozen=True)
-class SimParams:
-    """Parameters of `mujoco_sim` (sim/*.yaml are parameter files for these)."""
-
-    env: str = "pointmaze-medium-navigate-v0"  # OGBench env id or dataset name
-    mode: str = "lockstep"  # lockstep | realtime
-    control_period_s: float = 0.0  # realtime timer period; 0 = the env's own control timestep
-    seed: int = 0  # evaluation seed: episode seeds are episode_seed(seed, task_id, episode)
-    tasks: tuple[int, ...] = (1, 2, 3, 4, 5)
-    episodes_per_task: int = 1
-    max_episode_steps: int = 0  # 0 = the env's time limit
-    start_delay_s: float = 1.0  # wait this long (discovery) before the first episode
-    min_observation_subscribers: int = 1  # lockstep: also wait for this many `observation` subscribers
-    command_timeout_s: float = 0.5  # realtime: a command received longer ago than this ⇒ zero action
-    record_path: str = ""  # '' = off; else an npz trajectory log written on exit
-    exit_when_done: bool = True  # shut down (exit code 0) after the last episode
-    frame_id: str = ""  # header.frame_id of observation/goal/joint_states
-    joint_name_prefix: str = ""  # stripped from MuJoCo joint names in joint_states (e.g. 'ur5e/')
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.mode not in MODES:
-            problems.append(f"mode must be one of {MODES} (got {self.mode!r})")
-        if self.control_period_s < 0:
-            problems.append(f"control_period_s must be >= 0 (got {self.control_period_s})")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0 (got {self.seed})")
-        if not self.tasks or min(self.tasks) < 1:
-            problems.append(f"tasks must be a non-empty list of task ids >= 1 (got {list(self.tasks)})")
-        if self.episodes_per_task < 1:
-            problems.append(f"episodes_per_task must be >= 1 (got {self.episodes_per_task})")
-        if self.max_episode_steps < 0:
-            problems.append(f"max_episode_steps must be >= 0 (got {self.max_episode_steps})")
-        if self.start_delay_s < 0:
-            problems.append(f"start_delay_s must be >= 0 (got {self.start_delay_s})")
-        if self.min_observation_subscribers < 0:
-            problems.append(f"min_observation_subscribers must be >= 0 (got {self.min_observation_subscribers})")
-        if self.command_timeout_s <= 0:
-            problems.append(f"command_timeout_s must be > 0 (got {self.command_timeout_s})")
-        if problems:
-            raise ConfigError("mujoco_sim parameters: " + "; ".join(problems))
 
 
 class Command(NamedTuple):
@@ -171,7 +126,7 @@ class MujocoSim(Node):
     """The sim node; `done` turns true after the last episode."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__("mujoco_sim", **kwargs)
+        super().__init__("mujoco_sim", **with_command_line_overrides(kwargs))
         self.p = declare_parameters(self, SimParams)
         self.env = make_env(self.p.env)
         self.env_name = canonical_env_name(self.p.env)

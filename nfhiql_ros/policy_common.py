@@ -9,56 +9,17 @@ LOCKSTEP_QOS (lossless, in order) and drop observations stamped before the lates
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 
 from nfhiql_core.deploy.runtime import PolicyRuntime
-from nfhiql_ros.executors import EXECUTORS
+from nfhiql_ros.contract import PolicyParams
 from nfhiql_ros.ros_io import LOCKSTEP_QOS, SENSOR_QOS
 
 # Short provider names accepted in the `providers` parameter ("CUDA" = "CUDAExecutionProvider").
 _PROVIDER_SUFFIX = "ExecutionProvider"
-TRIGGERS = ("timer", "observation")
-
-
-@dataclass(frozen=True)
-class PolicyParams:
-    """Parameters of both policy nodes (the `/**` block of the parameter file).
-
-    bundle: policy bundle directory (required).
-    trigger: what paces the stack: `timer` (realtime: the controller acts every control period;
-      observations are subscribed with sensor QoS) or `observation` (lockstep with mujoco_sim: one
-      command per observation; observations are subscribed lossless and in order, and those of a
-      previous episode, stamped before the latest goal, are dropped).
-    replan_every: observations per subgoal; 0 = the bundle's subgoal_steps.
-    providers: ONNX Runtime execution providers in priority order; CPU is the fallback.
-    executor: `single_threaded` (default) or `events` (rclpy's experimental EventsExecutor).
-    diagnostics_period_s: period of the `/diagnostics` status.
-    """
-
-    bundle: str = ""
-    trigger: str = "timer"
-    replan_every: int = 0
-    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    executor: str = "single_threaded"
-    diagnostics_period_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.bundle:
-            raise ValueError("parameter 'bundle' (policy bundle directory) is required")
-        if self.trigger not in TRIGGERS:
-            raise ValueError(f"trigger must be one of {', '.join(TRIGGERS)}, got {self.trigger!r}")
-        if self.replan_every < 0:
-            raise ValueError(f"replan_every must be >= 0 (0 = the bundle's subgoal_steps), got {self.replan_every}")
-        if not self.providers:
-            raise ValueError("providers must name at least one ONNX Runtime execution provider")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        if not self.diagnostics_period_s > 0:
-            raise ValueError(f"diagnostics_period_s must be > 0, got {self.diagnostics_period_s}")
 
 
 def observation_qos(params: PolicyParams) -> QoSProfile:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -32,23 +31,12 @@ from std_msgs.msg import Float64
 from nfhiql_core.deploy.runtime import NonFiniteOutputError
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
-from nfhiql_ros.params import declare_parameters
-from nfhiql_ros.policy_common import PolicyParams, ReplanSchedule, load_runtime, observation_qos, replan_every
+from nfhiql_ros.contract import PlannerParams
+from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.policy_common import ReplanSchedule, load_runtime, observation_qos, replan_every
 from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, MessageError, vector_from_msg, vector_msg, vector_names
 
 EXPECTED_DROPS = ("observation_before_goal", "observation_previous_goal")  # not a warning
-
-
-@dataclass(frozen=True)
-class PlannerParams(PolicyParams):
-    """The shared policy parameters plus rate_hz (0 = use replan_every)."""
-
-    rate_hz: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rate_hz < 0:
-            raise ValueError(f"rate_hz must be >= 0 (0 = use replan_every), got {self.rate_hz}")
 
 
 def observations_per_plan(params: PlannerParams, every: int, control_period_s: float | None) -> int:
@@ -65,7 +53,7 @@ class SubgoalPlanner(Node):
     """High-level policy node (see the module docstring)."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
-        super().__init__("subgoal_planner", **node_kwargs)
+        super().__init__("subgoal_planner", **with_command_line_overrides(node_kwargs))
         self.params = declare_parameters(self, PlannerParams)
         self.executor_name = self.params.executor
         self.runtime = load_runtime(self, self.params)

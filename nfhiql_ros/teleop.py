@@ -22,7 +22,6 @@ oracles read from it (maze map, arm bounds, timestep). Every step happens in the
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -30,30 +29,14 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
 from nfhiql_core.evaluation.episodes import canonical_env_name, make_env
-from nfhiql_core.errors import ConfigError
 from nfhiql_core.data.oracles import make_oracle
 from nfhiql_ros import ros_io
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.mujoco_sim import STATUS_QOS, SUMMARY_NAME, control_timestep
-from nfhiql_ros.params import declare_parameters
+from nfhiql_ros.contract import TeleopParams
+from nfhiql_ros.params import declare_parameters, with_command_line_overrides
 
 MARKER_TOPIC = "teleop/episode"
-
-
-@dataclass(frozen=True)
-class TeleopParams:
-    """Parameters of `teleop`."""
-
-    env: str = "pointmaze-medium-navigate-v0"  # the sim's env: point mazes and cube-single
-    seed: int = 0  # of the command noise
-    noise: float = -1.0  # the oracle's noise level; < 0 = OGBench's (maze 0.5, cube 0.1)
-    control_period_s: float = 0.0  # pacing period; 0 = the env's control timestep
-    pace: bool = True  # lockstep sims: answer at the control rate; realtime sims: false
-    exit_when_done: bool = True  # exit after the sim's summary status
-
-    def __post_init__(self) -> None:
-        if self.control_period_s < 0:
-            raise ConfigError(f"teleop parameters: control_period_s must be >= 0 (got {self.control_period_s})")
 
 
 class Teleop(Node):
@@ -62,7 +45,7 @@ class Teleop(Node):
     executor_name = "single_threaded"
 
     def __init__(self, **kwargs) -> None:
-        super().__init__("teleop", **kwargs)
+        super().__init__("teleop", **with_command_line_overrides(kwargs))
         self.p = declare_parameters(self, TeleopParams)
         self.env = env = make_env(self.p.env)
         name = canonical_env_name(self.p.env)

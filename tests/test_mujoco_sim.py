@@ -30,7 +30,8 @@ from nfhiql_core.errors import ConfigError  # noqa: E402
 from nfhiql_core.evaluation.protocol import evaluate  # noqa: E402
 from nfhiql_ros import ros_io  # noqa: E402
 from nfhiql_core.evaluation.episodes import make_env  # noqa: E402
-from nfhiql_ros.mujoco_sim import STATUS_QOS, SUMMARY_NAME, SimParams, joint_table  # noqa: E402
+from nfhiql_ros.contract import SimParams  # noqa: E402
+from nfhiql_ros.mujoco_sim import STATUS_QOS, SUMMARY_NAME, joint_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAZE = "pointmaze-medium-navigate-v0"

@@ -100,9 +100,7 @@ def test_console_scripts_resolve_to_callables(setup_kwargs) -> None:
 # ---- parameter files → parameter dataclasses -------------------------------------------------------
 
 def _dataclasses() -> dict:
-    from nfhiql_ros.flow_controller import ControllerParams
-    from nfhiql_ros.mujoco_sim import SimParams
-    from nfhiql_ros.subgoal_planner import PlannerParams
+    from nfhiql_ros.contract import ControllerParams, PlannerParams, SimParams
 
     return {"mujoco_sim": SimParams, "subgoal_planner": PlannerParams, "flow_controller": ControllerParams}
 

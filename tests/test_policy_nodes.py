@@ -501,7 +501,8 @@ def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, 
 
 
 def test_planner_rate_and_bad_parameters(bundle) -> None:
-    from nfhiql_ros.subgoal_planner import PlannerParams, observations_per_plan
+    from nfhiql_ros.contract import PlannerParams
+    from nfhiql_ros.subgoal_planner import observations_per_plan
 
     assert observations_per_plan(PlannerParams(bundle="b", rate_hz=2.0), 25, 0.1) == 5
     assert observations_per_plan(PlannerParams(bundle="b"), 25, 0.1) == 25
