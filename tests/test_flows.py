@@ -22,10 +22,10 @@ def perturbed_flow(dim: int, context_dim: int, seed: int, scale: float = 0.05) -
 def test_round_trip_is_exact_in_float32(dim):
     flow = perturbed_flow(dim, context_dim=6, seed=dim)
     context, z = torch.randn(512, 6), torch.randn(512, dim)
-    x = flow.sample(context, z)
+    x = flow.sample_with_log_prob(context, z)[0]
     z_back, _ = flow.inverse(x, context)
     assert (z_back - z).abs().max().item() <= 1e-5
-    x_again = flow.sample(context, z_back)
+    x_again = flow.sample_with_log_prob(context, z_back)[0]
     assert (x_again - x).abs().max().item() <= 1e-5
 
 
@@ -35,7 +35,7 @@ def test_log_det_matches_autograd_jacobian(dim):
     for i in range(3):
         context = torch.randn(1, 4, dtype=torch.float64)
         z = torch.randn(1, dim, dtype=torch.float64)
-        jac = torch.autograd.functional.jacobian(lambda v: flow.sample(context, v.unsqueeze(0))[0], z[0])
+        jac = torch.autograd.functional.jacobian(lambda v: flow.sample_with_log_prob(context, v.unsqueeze(0))[0][0], z[0])
         _, expected_log_det = torch.linalg.slogdet(jac)
         x, log_prob = flow.sample_with_log_prob(context, z)
         # log p(x) = log N(z) − log|det ∂x/∂z|
@@ -83,7 +83,7 @@ def fit(policy: torch.nn.Module, steps: int = 600) -> torch.Tensor:
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        return policy.sample(torch.zeros(4000, 1), torch.randn(4000, 2, generator=gen))
+        return policy.sample_with_log_prob(torch.zeros(4000, 1), torch.randn(4000, 2, generator=gen))[0]
 
 
 def test_flow_fits_two_modes_where_the_gaussian_cannot():

@@ -109,13 +109,8 @@ class ConditionalRealNVP(nn.Module):
             AffineCoupling(dim, context_dim, hidden_dims, max_log_scale) for _ in range(num_blocks))
         self.mixings = nn.ModuleList(PLULinear(dim) for _ in range(num_blocks))
 
-    def sample(self, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """x = g(z; context). The noise z is an input: z = 0 gives a deterministic, mode-like output."""
-        x, _ = self.sample_with_log_prob(context, z)
-        return x
-
     def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x = g(z; context) together with the exact log p(x | context)."""
+        """x = g(z; context) and the exact log p(x | context); z = 0 gives a deterministic, mode-like x."""
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         x = z
         for coupling, mixing in zip(self.couplings, self.mixings):

@@ -40,9 +40,6 @@ class GaussianPolicy(nn.Module):
         x = self.mean(self.trunk(context)) + torch.exp(self.log_std) * z
         return x, standard_normal_log_prob(z) - self.log_std.sum()
 
-    def sample(self, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.sample_with_log_prob(context, z)[0]
-
 
 class FlowPolicy(nn.Module):
     """Context encoder MLP followed by a conditional RealNVP over the output."""
@@ -59,7 +56,3 @@ class FlowPolicy(nn.Module):
 
     def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.flow.sample_with_log_prob(self.encoder(context), z)
-
-    def sample(self, context: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.sample_with_log_prob(context, z)[0]
-
