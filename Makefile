@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[runtime,ros,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[deploy,train,bags,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

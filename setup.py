@@ -9,6 +9,9 @@ import os
 from setuptools import find_packages, setup
 
 PACKAGE = "nfhiql_ros"
+# What the ROS 2 nodes need: rclpy and the message packages, from PyPI's ROS 2 wheels.
+ROS = ["ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-std-msgs", "ros-sensor-msgs", "ros-geometry-msgs",
+       "ros-diagnostic-msgs", "ros-trajectory-msgs"]
 
 setup(
     name=PACKAGE,
@@ -28,29 +31,19 @@ setup(
           for path in sorted(glob("bundles/*/bundle.json"))],
     ],
     python_requires=">=3.10",
-    install_requires=[
-        "numpy>=1.24",
-        # Any torch >= 2.4 works; the Makefile installs 2.13.0 (CPU) first through constraints.txt.
-        "torch>=2.4",
-        "pyyaml>=6",
-        "tqdm>=4.60",
-        "ogbench>=1.1",
-    ],
+    # The base install is what every part needs; each extra fits one place where nfhiql runs.
+    install_requires=["numpy>=1.24", "pyyaml>=6", "tqdm>=4.60"],
     extras_require={
-        "runtime": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
-        # For CUDA machines: replaces onnxruntime. Install either `runtime` or `gpu`, never both.
-        "gpu": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime-gpu>=1.19"],
-        "ros": [
-            "ros-rclpy",
-            "ros-rmw-fastrtps-cpp",
-            "ros-std-msgs",
-            "ros-sensor-msgs",
-            "ros-geometry-msgs",
-            "ros-diagnostic-msgs",
-            "ros-trajectory-msgs",
-            "rosbags>=0.11",
-        ],
-        "dev": ["pytest>=8", "matplotlib>=3.7", "tensorboard>=2.14"],
+        # The robot: ONNX Runtime policies and the ROS 2 nodes that run them (no torch, no MuJoCo).
+        "deploy": ["onnxruntime>=1.18", *ROS],
+        # The robot with a CUDA GPU: the same with onnxruntime-gpu. Install deploy or deploy-gpu, never both.
+        "deploy-gpu": ["onnxruntime-gpu>=1.19", *ROS],
+        # The workstation: training, OGBench data and evaluation (MuJoCo comes with ogbench), ONNX export.
+        # Any torch >= 2.4 works; the Makefile installs 2.13.0 (CPU) first through constraints.txt.
+        "train": ["torch>=2.4", "ogbench>=1.1", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        # rosbag2 files to datasets (`nfhiql bag2data`) without ROS; `nfhiql record` needs deploy too.
+        "bags": ["rosbags>=0.11"],
+        "dev": ["pytest>=8", "matplotlib>=3.7", "tensorboard>=2.14", "ruff==0.17.6", "import-linter==2.17"],
     },
     zip_safe=True,
     maintainer="nfhiql developers",

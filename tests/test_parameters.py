@@ -23,7 +23,7 @@ from nfhiql_ros.contract import ControllerParams, PlannerParams, SimParams, Tele
 from nfhiql_ros.params import command_line_parameters, descriptor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DOMAINS = iter(random.Random(os.getpid()).sample(range(230, 233), 3))
+DOMAINS = iter(random.Random(os.getpid()).sample(range(113, 125), 3))
 SERVICE_TIMEOUT_S = 60.0  # discovery and start-up of a fresh process on a loaded machine
 
 
