@@ -50,12 +50,16 @@ def deploy_python() -> Path:
 
 
 def test_the_deploy_extra_has_no_training_stack(deploy_python: Path) -> None:
+    """torch, MuJoCo and OGBench are not installed, the nodes import, and nothing sets MUJOCO_GL."""
     code = ("import importlib.util as u, sys\n"
             "missing = [m for m in ('torch', 'mujoco', 'ogbench') if u.find_spec(m) is None]\n"
             "import nfhiql_core.deploy.runtime, nfhiql_ros.flow_controller, nfhiql_ros.subgoal_planner\n"
             "loaded = [m for m in ('torch', 'mujoco', 'ogbench') if m in sys.modules]\n"
+            "import os; assert 'MUJOCO_GL' not in os.environ, 'importing nfhiql set MUJOCO_GL'\n"
             "print(missing, loaded)\n")
-    out = subprocess.run([str(deploy_python), "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MUJOCO_GL")}
+    out = subprocess.run([str(deploy_python), "-c", code], capture_output=True, text=True, timeout=120, cwd="/",
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['torch', 'mujoco', 'ogbench'] []"
 

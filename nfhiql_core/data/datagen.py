@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 
 import gymnasium
 import numpy as np
+import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 import ogbench  # noqa: F401  (registers the OGBench environments with gymnasium)
 from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 from tqdm import tqdm

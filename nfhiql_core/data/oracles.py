@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gymnasium
 import numpy as np
+import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
 from nfhiql_core.errors import ConfigError

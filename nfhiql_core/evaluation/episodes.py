@@ -12,6 +12,7 @@ from typing import Iterator
 
 import gymnasium
 import numpy as np
+import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 import ogbench
 from gymnasium.utils import seeding
 

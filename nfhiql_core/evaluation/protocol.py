@@ -5,8 +5,8 @@ observation is `info['goal']` after reset, the episode ends on success (`termina
 the time limit, and an episode succeeds if `info['success']` of its last step is true. Per-task
 success is the mean over episodes; overall success is the mean over tasks.
 
-Rendering uses the MuJoCo OpenGL backend chosen when `nfhiql_core` is imported (EGL unless
-MUJOCO_GL is already set; see nfhiql_core/__init__.py).
+Rendering uses the MuJoCo OpenGL backend chosen before MuJoCo is first imported (EGL unless
+MUJOCO_GL is already set; see nfhiql_core/headless_gl.py).
 """
 from __future__ import annotations
 
