@@ -166,3 +166,14 @@ def test_unwritable_video_path_fails_before_any_episode(tmp_path) -> None:
         with pytest.raises(ConfigError, match=r"video\.mp4: writing \.mp4 needs imageio-ffmpeg"):
             quick(counting, episodes_per_task=1, task_ids=[1], max_steps=5, video_path=tmp_path / "video.mp4")
     assert calls == [] and not any(tmp_path.iterdir())
+
+
+def test_making_an_env_prints_no_float32_precision_warnings() -> None:
+    """OGBench builds Box spaces from float64 bounds; `nfhiql eval` output stays clean of that."""
+    import warnings
+
+    from nfhiql_core.evaluation.episodes import make_env
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_env("cube-single-play").close()
+    assert not [w for w in caught if "precision lowered" in str(w.message)]

@@ -14,7 +14,7 @@ import nfhiql_core.deploy.runtime as runtime_module
 from bundle_helpers import KINDS, MAZE, bundle_copy, exported, fitted_agent
 from nfhiql_core.algo.agent import TorchPolicy
 from nfhiql_core.bench.inference import bench_inference
-from nfhiql_core.deploy.bundle import BundleError
+from nfhiql_core.deploy.bundle import BundleError, sealed
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.evaluation.bundle_eval import evaluate_bundle, replan_table
 from nfhiql_core.evaluation.protocol import evaluate
@@ -120,9 +120,25 @@ def test_input_shape_mismatch(runtime: PolicyRuntime) -> None:
         runtime.act(np.zeros((3, 2)), np.zeros((2, 2)))
 
 
-def _edit_metadata(bundle, **changes) -> None:
+def _edit_metadata(bundle, reseal: bool = True, **changes) -> None:
+    """Change bundle.json's values; `reseal` updates its checksum (a deliberately made bad bundle)."""
     path = bundle / "bundle.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    data = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps(sealed(data) if reseal else data))
+
+
+def _set_element(bundle, field: str, index: int, value: float) -> None:
+    values = json.loads((bundle / "bundle.json").read_text())[field]
+    values[index] = value
+    _edit_metadata(bundle, **{field: values})
+
+
+def _wrong_obs_dim(bundle) -> None:
+    """obs_dim (and its names, so the metadata is consistent) disagree with the ONNX models."""
+    meta = json.loads((bundle / "bundle.json").read_text())
+    dim = meta["obs_dim"] + 1
+    _edit_metadata(bundle, obs_dim=dim, goal_dim=dim, observation_names=[f"o{i}" for i in range(dim)],
+                   goal_names=[f"g{i}" for i in range(dim)])
 
 
 def _corrupt_model(bundle) -> None:
@@ -143,7 +159,25 @@ BAD_BUNDLES = {
     "missing field": (lambda b: _edit_metadata(b, obs_dim=None), "obs_dim"),
     "names/dims disagree": (lambda b: _edit_metadata(b, action_names=["a"]), "action_names has 1 entries"),
     "unloadable model": (_corrupt_model, "onnxruntime cannot load"),
+    "edited, not resealed": (lambda b: _edit_metadata(b, reseal=False, subgoal_steps=3), "metadata_sha256 mismatch"),
+    "no metadata checksum": (lambda b: _drop_digest(b), "metadata_sha256 missing"),
+    "NaN bound": (lambda b: _set_element(b, "action_low", 1, float("nan")), "action_low[1] is nan"),
+    "infinite bound": (lambda b: _set_element(b, "action_high", 0, float("inf")), "action_high[0] is inf"),
+    "inverted bounds": (lambda b: _set_element(b, "action_low", 0, 5.0), "action_low[0] = 5.0 exceeds action_high[0]"),
+    "zero subgoal_steps": (lambda b: _edit_metadata(b, subgoal_steps=0), "subgoal_steps must be >= 1, got 0"),
+    "negative period": (lambda b: _edit_metadata(b, control_period_s=-0.1), "control_period_s must be"),
+    "NaN OOD threshold": (lambda b: _edit_metadata(b, ood_log_likelihood={"high": float("nan"), "low": 0.0}),
+                          "ood_log_likelihood needs finite"),
+    "obs_dim disagrees with the models": (_wrong_obs_dim, "model input 'observation' has shape ['batch', 2], but "
+                                          "bundle.json's dims say (batch, 3)"),
 }
+
+
+def _drop_digest(bundle) -> None:
+    path = bundle / "bundle.json"
+    data = json.loads(path.read_text())
+    data.pop("metadata_sha256")
+    path.write_text(json.dumps(data))
 
 
 @pytest.mark.parametrize("case", BAD_BUNDLES)
@@ -190,10 +224,30 @@ def test_replan_every_n_steps(runtime: PolicyRuntime, monkeypatch) -> None:
         BundlePolicy(runtime, replan_every=0)
 
 
+def test_bench_inference_of_a_shipped_bundle_needs_no_checkpoint_and_no_torch(tmp_path) -> None:
+    """On any machine: a copy of the shipped bundle, its checkpoint absent, torch unimportable."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    bundle = shutil.copytree(Path(__file__).resolve().parents[1] / "bundles" / "cube-single-play", tmp_path / "b")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from nfhiql_core.bench.inference import bench_inference\n"
+            f"rows = bench_inference({str(bundle)!r}, calls=20, warmup=2)\n"
+            "print(sorted((r['call'], r['runtime']) for r in rows))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[('act', 'runtime.act'), ('act', 'session.run'), ('plan', 'runtime.plan'), ('plan', 'session.run')]" \
+        in out.stdout
+
+
 def test_bench_inference_and_replan_table_run(runtime: PolicyRuntime, capsys) -> None:
-    rows = bench_inference(str(exported("flow", "rep")[1]), calls=30, warmup=3)
-    assert [(r["call"], r["runtime"]) for r in rows] == [("plan", "onnxruntime"), ("plan", "torch eager"),
-                                                         ("act", "onnxruntime"), ("act", "torch eager")]
+    checkpoint, bundle = exported("flow", "rep")
+    rows = bench_inference(str(bundle), calls=30, warmup=3, checkpoint=str(checkpoint))
+    torch_eager = f"torch {torch.__version__} eager"
+    assert [(r["call"], r["runtime"]) for r in rows] == [
+        ("plan", "runtime.plan"), ("plan", "session.run"), ("plan", torch_eager),
+        ("act", "runtime.act"), ("act", "session.run"), ("act", torch_eager)]
     assert all(0 < r["p50_us"] <= r["p99_us"] <= r["max_us"] for r in rows)
     table = replan_table(runtime, intervals=(1, 5), episodes_per_task=1, task_ids=[1], max_steps=20,
                          progress=False)

@@ -1,8 +1,10 @@
-"""`nfhiql bench inference`: batch-1 latency of `plan` and `act`, ONNX Runtime vs torch eager.
+"""`nfhiql bench inference`: batch-1 latency of `plan` and `act` through ONNX Runtime, beside a bare
+`InferenceSession.run` of the same model and, when its checkpoint is given, torch eager.
 
-Both sides are timed numpy in → numpy out, as a controller would call them: the runtime's
-`plan`/`act` (input checks, finiteness check and clipping included) against the torch modules the
-bundle was exported from (rebuilt from the bundle's source checkpoint, verified by checksum).
+All are timed numpy in → numpy out, as a controller would call them. The runtime's `plan`/`act`
+include input checks, the finiteness check and clipping; the bare session is the floor those
+cost over. The ONNX Runtime figures need neither torch nor the checkpoint; the torch rows are
+rebuilt from `--checkpoint`, verified against the bundle's recorded sha256.
 """
 from __future__ import annotations
 
@@ -11,14 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from nfhiql_core.algo.agent import HIQLAgent
-from nfhiql_core.deploy.bundle import Bundle, BundleError
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.training.checkpoint import load_checkpoint
-from nfhiql_core.training.export import level_modules
+from nfhiql_core.deploy.bundle import Bundle, BundleError
 from nfhiql_core.deploy.runtime import PolicyRuntime
 
 ACT_P99_TARGET_US = 300.0  # low-level `act` on CPU
@@ -36,55 +33,72 @@ def latencies_us(call: Callable[[], Any], calls: int, warmup: int) -> np.ndarray
     return out / 1e3
 
 
-def source_agent(bundle: Bundle, checkpoint: str | None = None) -> HIQLAgent:
-    """The torch agent a bundle was exported from; BundleError if the checkpoint is not that one."""
-    path = Path(checkpoint or bundle.metadata.source_checkpoint.path)
+def _torch_cases(bundle: Bundle, checkpoint: str, threads: int, inputs: dict[str, tuple[np.ndarray, np.ndarray]]
+                 ) -> dict[tuple[str, str], Callable[[], Any]]:
+    """torch eager calls of the modules the bundle was exported from; BundleError for another checkpoint."""
+    import torch  # the training extra: only for the optional torch rows
+
+    from nfhiql_core.training.checkpoint import load_checkpoint
+    from nfhiql_core.training.export import level_modules
+
+    path = Path(checkpoint)
     if not path.is_file():
-        raise BundleError(f"{bundle.path}: source checkpoint {path} not found (pass --checkpoint)")
+        raise BundleError(f"{path}: checkpoint not found")
     if sha256_file(path) != bundle.metadata.source_checkpoint.sha256:
         raise BundleError(f"{path}: not the checkpoint {bundle.path} was exported from (checksum differs)")
-    return load_checkpoint(path).build_agent("cpu").eval()
+    torch.set_num_threads(threads)
+    modules = level_modules(load_checkpoint(path).build_agent("cpu").eval())
+
+    def call_of(level: str) -> Callable[[], Any]:
+        observation, condition = (torch.from_numpy(x[None]) for x in inputs[level])
+        z = torch.zeros(1, bundle.metadata.noise_dim(level))
+
+        def call() -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                out, log_prob = modules[level](observation, condition, z)
+            return out.numpy()[0], log_prob.numpy()[0]
+        return call
+
+    return {("plan", f"torch {torch.__version__} eager"): call_of("high"),
+            ("act", f"torch {torch.__version__} eager"): call_of("low")}
 
 
-def _torch_call(module: nn.Module, observation: np.ndarray, condition: np.ndarray, z_dim: int) -> Callable[[], Any]:
-    z = torch.zeros(1, z_dim)
-
-    def call() -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
-            out, log_prob = module(torch.from_numpy(observation[None]), torch.from_numpy(condition[None]), z)
-        return out.numpy()[0], log_prob.numpy()[0]
-
-    return call
+def _bare_call(runtime: PolicyRuntime, level: str, observation: np.ndarray, condition: np.ndarray
+               ) -> Callable[[], Any]:
+    session = runtime.levels[level].session
+    feed = dict(zip(runtime.levels[level].input_names,
+                    (observation[None], condition[None], np.zeros((1, runtime.metadata.noise_dim(level)), np.float32))))
+    return lambda: session.run(None, feed)
 
 
 def bench_inference(bundle_dir: str, calls: int = 10_000, warmup: int = 500, checkpoint: str | None = None,
                     providers: Sequence[Any] = ("CPUExecutionProvider",), threads: int = 1,
                     seed: int = 0) -> list[dict[str, Any]]:
-    """Print and return p50/p99/max latency (µs) of plan and act at batch 1, ORT vs torch eager."""
+    """Print and return p50/p99/max latency (µs) of plan and act at batch 1."""
     runtime = PolicyRuntime(bundle_dir, providers, intra_op_threads=threads)
-    torch.set_num_threads(threads)
     meta = runtime.metadata
-    modules = level_modules(source_agent(runtime.bundle, checkpoint))
     rng = np.random.default_rng(seed)
     obs, goal = (rng.normal(size=meta.obs_dim).astype(np.float32) for _ in range(2))
-    subgoal = runtime.plan(obs, goal).subgoal
-    cases = {("plan", "onnxruntime"): lambda: runtime.plan(obs, goal),
-             ("plan", "torch eager"): _torch_call(modules["high"], obs, goal, meta.subgoal_dim),
-             ("act", "onnxruntime"): lambda: runtime.act(obs, subgoal),
-             ("act", "torch eager"): _torch_call(modules["low"], obs, subgoal, meta.action_dim)}
+    subgoal = runtime.plan(obs, goal).subgoal.astype(np.float32)
+    cases = {("plan", "runtime.plan"): lambda: runtime.plan(obs, goal),
+             ("plan", "session.run"): _bare_call(runtime, "high", obs, goal),
+             ("act", "runtime.act"): lambda: runtime.act(obs, subgoal),
+             ("act", "session.run"): _bare_call(runtime, "low", obs, subgoal)}
+    if checkpoint is not None:
+        cases.update(_torch_cases(runtime.bundle, checkpoint, threads, {"high": (obs, goal), "low": (obs, subgoal)}))
     print(f"bundle {bundle_dir}: {meta.policy} policy, obs {meta.obs_dim}, subgoal {meta.subgoal_dim}, "
           f"action {meta.action_dim}; batch 1, {calls} calls after {warmup} warm-up")
-    print(f"onnxruntime on {', '.join(runtime.providers)} ({threads} intra-op thread(s)); "
-          f"torch {torch.__version__} eager ({torch.get_num_threads()} thread(s))")
-    print(f"{'call':<5} {'runtime':<12} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>9}")
+    print(f"onnxruntime on {', '.join(runtime.providers)} ({threads} intra-op thread(s))"
+          + ("" if checkpoint else "; torch rows: pass --checkpoint (the bundle's source checkpoint)"))
+    print(f"{'call':<5} {'runtime':<20} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>9}")
     rows = []
-    for (call, backend), fn in cases.items():
+    for (call, backend), fn in sorted(cases.items(), key=lambda item: item[0][0] != "plan"):
         lat = latencies_us(fn, calls, warmup)
         row = {"call": call, "runtime": backend, "p50_us": float(np.percentile(lat, 50)),
                "p99_us": float(np.percentile(lat, 99)), "max_us": float(lat.max()), "calls": calls}
         rows.append(row)
-        print(f"{call:<5} {backend:<12} {row['p50_us']:>8.1f} {row['p99_us']:>8.1f} {row['max_us']:>9.1f}")
-    act_p99 = rows[2]["p99_us"]
+        print(f"{call:<5} {backend:<20} {row['p50_us']:>8.1f} {row['p99_us']:>8.1f} {row['max_us']:>9.1f}")
+    act_p99 = next(r["p99_us"] for r in rows if r["runtime"] == "runtime.act")
     verdict = "met" if act_p99 <= ACT_P99_TARGET_US else "missed"
-    print(f"target act p99 <= {ACT_P99_TARGET_US:.0f} µs (onnxruntime, CPU): {act_p99:.1f} µs, {verdict}")
+    print(f"target act p99 <= {ACT_P99_TARGET_US:.0f} µs (runtime.act, CPU): {act_p99:.1f} µs, {verdict}")
     return rows

@@ -7,12 +7,13 @@
       low.onnx      (observation, subgoal, z) -> (action, log_prob)    action NOT clipped (see runtime)
 
 Both models take the base noise z as an input (z = 0: the deterministic policy) and have a
-dynamic batch dimension. `load_bundle` validates everything a runtime relies on and fails with a
-one-line `BundleError`. Written by `nfhiql_core.training.export`, read by `nfhiql_core.deploy.runtime`; this module
-needs neither torch nor onnxruntime.
+dynamic batch dimension. `load_bundle` verifies bundle.json's own checksum and the models', validates
+every value a runtime relies on and fails with a one-line `BundleError` naming the field. Written by
+`nfhiql_core.training.export`, read by `nfhiql_core.deploy.runtime`; needs neither torch nor onnxruntime.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,9 @@ from nfhiql_core.errors import ConfigError, NfhiqlError
 
 FORMAT = "nfhiql-bundle/1"
 METADATA_FILE = "bundle.json"
+METADATA_DIGEST = "metadata_sha256"  # bundle.json's own checksum (see `metadata_digest`)
+POLICIES = ("flow", "gaussian")
+SUBGOAL_SPACES = ("rep", "state")
 LEVELS = ("high", "low")
 # Opsets every onnxruntime allowed by the `runtime`/`gpu` extras (>= 1.18) implements.
 MIN_OPSET, MAX_OPSET = 7, 21
@@ -47,7 +51,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SourceCheckpoint:
-    """The checkpoint the bundle was exported from."""
+    """The checkpoint the bundle was exported from: its file name (no machine's path) and sha256."""
 
     path: str
     sha256: str
@@ -133,8 +137,19 @@ class Bundle:
         return self.path / self.metadata.model(level).file
 
 
-def read_metadata(bundle_dir: str | os.PathLike) -> BundleMetadata:
-    """Parse and type-check bundle.json (no checksum verification)."""
+def metadata_digest(data: dict[str, Any]) -> str:
+    """sha256 of bundle.json's content without its `metadata_sha256` (canonical JSON: sorted keys)."""
+    body = {k: v for k, v in data.items() if k != METADATA_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sealed(data: dict[str, Any]) -> dict[str, Any]:
+    """bundle.json's content with its `metadata_sha256` set (what export writes)."""
+    return {**{k: v for k, v in data.items() if k != METADATA_DIGEST}, METADATA_DIGEST: metadata_digest(data)}
+
+
+def read_metadata(bundle_dir: str | os.PathLike, verify_checksum: bool = True) -> BundleMetadata:
+    """Parse, checksum-verify and type-check bundle.json (values are checked by `validate_metadata`)."""
     path = Path(bundle_dir) / METADATA_FILE
     if not Path(bundle_dir).is_dir():
         raise BundleError(f"{bundle_dir}: bundle directory not found")
@@ -147,33 +162,66 @@ def read_metadata(bundle_dir: str | os.PathLike) -> BundleMetadata:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise BundleError(f"{path}: unsupported bundle format {found!r} (this runtime reads {FORMAT!r})")
+    if verify_checksum:
+        if METADATA_DIGEST not in data:
+            raise BundleError(f"{path}: {METADATA_DIGEST} missing (exported by an older nfhiql): re-export the "
+                              "bundle with `nfhiql export`")
+        if data[METADATA_DIGEST] != metadata_digest(data):
+            raise BundleError(f"{path}: {METADATA_DIGEST} mismatch (bundle.json was edited or corrupted since "
+                              "export): re-export the bundle")
+    data.pop(METADATA_DIGEST, None)
     try:
         return from_dict(BundleMetadata, data, str(path))
     except ConfigError as exc:
         raise BundleError(str(exc)) from None
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_metadata(meta: BundleMetadata, where: str) -> None:
-    """Check the internal consistency of the metadata (lengths, bounds, opset)."""
+    """Check every value a runtime relies on: dims, names, bounds, counts, thresholds, opset."""
+    def fail(message: str) -> None:
+        raise BundleError(f"{where}: {message}")
+
+    if meta.policy not in POLICIES:
+        fail(f"policy must be one of {', '.join(POLICIES)}, got {meta.policy!r}")
+    if meta.subgoal_space not in SUBGOAL_SPACES:
+        fail(f"subgoal_space must be one of {', '.join(SUBGOAL_SPACES)}, got {meta.subgoal_space!r}")
+    for field in ("obs_dim", "goal_dim", "subgoal_dim", "action_dim", "subgoal_steps"):
+        if getattr(meta, field) < 1:
+            fail(f"{field} must be >= 1, got {getattr(meta, field)}")
+    if meta.step < 0:
+        fail(f"step must be >= 0, got {meta.step}")
     if not MIN_OPSET <= meta.opset <= MAX_OPSET:
-        raise BundleError(f"{where}: unsupported ONNX opset {meta.opset} (supported: {MIN_OPSET}..{MAX_OPSET})")
+        fail(f"unsupported ONNX opset {meta.opset} (supported: {MIN_OPSET}..{MAX_OPSET})")
     for field, dim in (("observation_names", meta.obs_dim), ("goal_names", meta.goal_dim),
                        ("action_names", meta.action_dim), ("action_low", meta.action_dim),
                        ("action_high", meta.action_dim)):
         if len(getattr(meta, field)) != dim:
-            raise BundleError(f"{where}: {field} has {len(getattr(meta, field))} entries, expected {dim}")
-    if any(lo > hi for lo, hi in zip(meta.action_low, meta.action_high)):
-        raise BundleError(f"{where}: action_low exceeds action_high")
+            fail(f"{field} has {len(getattr(meta, field))} entries, expected {dim}")
+    for field in ("action_low", "action_high"):
+        for i, value in enumerate(getattr(meta, field)):
+            if not _finite(value):
+                fail(f"{field}[{i}] is {value!r}, must be a finite number")
+    for i, (lo, hi) in enumerate(zip(meta.action_low, meta.action_high)):
+        if lo > hi:
+            fail(f"action_low[{i}] = {lo} exceeds action_high[{i}] = {hi}")
+    if meta.control_period_s is not None and not (_finite(meta.control_period_s) and meta.control_period_s > 0):
+        fail(f"control_period_s must be a finite number > 0 or null, got {meta.control_period_s!r}")
+    norm = meta.subgoal_normalization
+    if norm is not None and not (_finite(norm.get("norm")) and norm["norm"] > 0 and _finite(norm.get("eps", 0.0))):
+        fail(f"subgoal_normalization needs a finite norm > 0 and a finite eps, got {norm!r}")
     ood = meta.ood_log_likelihood
-    if ood is not None and not all(isinstance(ood.get(level), (int, float)) and not isinstance(ood.get(level), bool)
-                                   and math.isfinite(ood[level]) for level in LEVELS):
-        raise BundleError(f"{where}: ood_log_likelihood needs finite numbers 'high' and 'low', got {ood!r}")
+    if ood is not None and not all(_finite(ood.get(level)) for level in LEVELS):
+        fail(f"ood_log_likelihood needs finite numbers 'high' and 'low', got {ood!r}")
 
 
 def load_bundle(bundle_dir: str | os.PathLike, verify_checksums: bool = True) -> Bundle:
     """Read, validate and (by default) checksum-verify a bundle; BundleError (one line) otherwise."""
     path = Path(bundle_dir)
-    meta = read_metadata(path)
+    meta = read_metadata(path, verify_checksums)
     validate_metadata(meta, str(path / METADATA_FILE))
     for level in LEVELS:
         model = path / meta.model(level).file
@@ -182,6 +230,12 @@ def load_bundle(bundle_dir: str | os.PathLike, verify_checksums: bool = True) ->
         if verify_checksums and sha256_file(model) != meta.model(level).sha256:
             raise BundleError(f"{model}: checksum mismatch (file changed or corrupted since export)")
     return Bundle(path, meta)
+
+
+def expected_shapes(meta: BundleMetadata, level: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Widths of a level's inputs (observation, condition, z) and outputs (sample, log_prob: scalar)."""
+    condition = meta.goal_dim if level == "high" else meta.subgoal_dim
+    return (meta.obs_dim, condition, meta.noise_dim(level)), (meta.noise_dim(level),)
 
 
 def check_dims(meta: BundleMetadata, where: str, obs_dim: int | None = None, goal_dim: int | None = None,

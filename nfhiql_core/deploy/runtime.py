@@ -24,7 +24,8 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from nfhiql_core.deploy.bundle import BundleError, BundleMetadata, LEVELS, ModelInfo, check_dims, load_bundle
+from nfhiql_core.deploy.bundle import (LEVELS, BundleError, BundleMetadata, ModelInfo, check_dims, expected_shapes,
+                                       load_bundle)
 from nfhiql_core.errors import NfhiqlError
 
 log = logging.getLogger(__name__)
@@ -104,16 +105,23 @@ def create_session(path: str | os.PathLike, providers: Sequence[Any] = DEFAULT_P
 
 
 class LevelSession:
-    """One level's model: raw batched float32 (observation, condition, z) -> (output, log_prob)."""
+    """One level's model: raw batched float32 (observation, condition, z) -> (output, log_prob).
+
+    `widths` = (input widths, output widths) from bundle.json (`expected_shapes`): a model whose
+    declared shapes disagree is refused at load, not on the first message.
+    """
 
     def __init__(self, path: str | os.PathLike, model: ModelInfo, providers: Sequence[Any] = DEFAULT_PROVIDERS,
-                 required_providers: Sequence[str] = (), intra_op_threads: int = 1):
+                 required_providers: Sequence[str] = (), intra_op_threads: int = 1,
+                 widths: tuple[tuple[int, ...], tuple[int, ...]] | None = None):
         self.session = create_session(path, providers, required_providers, intra_op_threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         found = (tuple(self.input_names), tuple(o.name for o in self.session.get_outputs()))
         if found != (model.inputs, model.outputs):
             raise BundleError(f"{path}: model inputs/outputs {found} differ from bundle.json's "
                               f"{(model.inputs, model.outputs)}")
+        if widths is not None:
+            _check_widths(path, self.session, *widths)
 
     def run(self, observation: np.ndarray, condition: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out, log_prob = self.session.run(None, dict(zip(self.input_names, (observation, condition, z))))
@@ -134,7 +142,8 @@ class PolicyRuntime:
         self.bundle = load_bundle(bundle_dir)
         check_dims(self.metadata, str(bundle_dir), obs_dim, goal_dim, action_dim)
         self.levels = {level: LevelSession(self.bundle.model_path(level), self.metadata.model(level), providers,
-                                           required_providers, intra_op_threads) for level in LEVELS}
+                                           required_providers, intra_op_threads, expected_shapes(self.metadata, level))
+                       for level in LEVELS}
         self.temperature = temperature
         self.rng = np.random.default_rng(seed)
         self.action_low = np.asarray(self.metadata.action_low, dtype=np.float32)
@@ -182,6 +191,18 @@ class PolicyRuntime:
         out, log_prob = self.levels[level].run(*inputs)
         _check_finite(level, out, log_prob)
         return (out[0], log_prob[0]) if single else (out, log_prob)
+
+
+def _check_widths(path: str | os.PathLike, session: ort.InferenceSession, inputs: tuple[int, ...],
+                  outputs: tuple[int, ...]) -> None:
+    """BundleError if a model's declared (batch, width) shapes contradict bundle.json's dims."""
+    declared = [("input", i.name, i.shape) for i in session.get_inputs()]
+    declared += [("output", o.name, o.shape) for o in session.get_outputs()]
+    for (kind, name, shape), width in zip(declared, [*inputs, *outputs, None]):  # log-likelihood: (batch,)
+        rank_ok = len(shape) == (1 if width is None else 2)
+        if not rank_ok or (width is not None and isinstance(shape[1], int) and shape[1] != width):
+            want = "(batch)" if width is None else f"(batch, {width})"
+            raise BundleError(f"{path}: model {kind} {name!r} has shape {shape}, but bundle.json's dims say {want}")
 
 
 def _as_batch(name: str, x: np.ndarray, shape: tuple[int, int], single: bool) -> np.ndarray:

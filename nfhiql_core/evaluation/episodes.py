@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -32,9 +33,11 @@ def make_env(env_name: str) -> gymnasium.Env:
     """Make an OGBench env from an env id or dataset name ('pointmaze-medium[-navigate][-v0]')."""
     name = canonical_env_name(env_name)
     try:
-        if name in gymnasium.registry:
-            return gymnasium.make(name)
-        return ogbench.make_env_and_datasets(name, env_only=True)
+        with warnings.catch_warnings():  # OGBench's float64 bounds on float32 Box spaces: not the user's concern
+            warnings.filterwarnings("ignore", message=r".*precision lowered by casting to float32", category=UserWarning)
+            if name in gymnasium.registry:
+                return gymnasium.make(name)
+            return ogbench.make_env_and_datasets(name, env_only=True)
     except gymnasium.error.Error:
         raise ConfigError(
             f"unknown OGBench environment {env_name!r} (expected e.g. 'pointmaze-medium-navigate-v0')"

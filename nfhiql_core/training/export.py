@@ -44,7 +44,7 @@ from torch import nn
 import nfhiql_core
 from nfhiql_core.algo.agent import HIQLAgent
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle
+from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sealed
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.config import from_dict, to_dict
@@ -291,7 +291,7 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
                     for level in LEVELS}
         desc["ood_log_likelihood"] = _ood_metadata(ckpt.config, sessions, agent, dataset)
         metadata = _metadata(agent, ckpt.config, ckpt.step, Path(checkpoint), env_name, desc, models, parity, opset)
-        save_json(tmp / "bundle.json", to_dict(metadata))
+        save_json(tmp / "bundle.json", sealed(to_dict(metadata)))
         load_bundle(tmp)  # what a runtime will check, before publishing
         _publish(tmp, out, force)
     finally:
@@ -310,7 +310,7 @@ def _metadata(agent: HIQLAgent, config: dict[str, Any], step: int, checkpoint: P
         "action_dim": agent.action_dim, "goal_names": desc["observation_names"], **desc,
         "subgoal_steps": c.subgoal_steps, "subgoal_normalization": normalization, "env": env_name,
         "step": step, "opset": opset, **{level: to_dict(models[level]) for level in LEVELS},
-        "source_checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
+        "source_checkpoint": {"path": checkpoint.name, "sha256": sha256_file(checkpoint)},
         "parity": to_dict(parity),
         "versions": {"nfhiql": nfhiql_core.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
