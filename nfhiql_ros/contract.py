@@ -89,6 +89,10 @@ class PolicyParams:
                                        "(short names like CUDA allowed); CPU is the fallback")
     executor: str = param("single_threaded", "rclpy executor", choices=EXECUTORS)
     diagnostics_period_s: float = param(1.0, "period of the /diagnostics status (s)", low=1e-3, high=3600.0)
+    max_clock_skew_s: float = param(0.1, "how far a message's stamp may lie ahead of this node's clock (s); "
+                                    "messages stamped further in the future are dropped and counted",
+                                    low=0.0, high=10.0)
+    report_file: str = param("", "JSON file the node writes its run summary to on shutdown; '' = off")
 
     def __post_init__(self) -> None:
         node = self.NODE
@@ -118,8 +122,9 @@ class ControllerParams(PolicyParams):
     control_period_s: float = param(0.0, "control period (s); 0 = the bundle's", low=0.0, high=10.0)
     observation_timeout_s: float = param(0.0, "an observation older than this is stale (s); 0 = 1.5 control "
                                          "periods", low=0.0, high=60.0)
-    subgoal_timeout_s: float = param(0.0, "how long past its due time the next subgoal may be late (s); 0 = 2 "
-                                     "control periods", low=0.0, high=60.0)
+    subgoal_timeout_s: float = param(0.0, "how long past its due time (the last subgoal's arrival + replan_every "
+                                     "periods) the next subgoal may be late (s); 0 = 1.5 control periods",
+                                     low=0.0, high=60.0)
     subgoal_wait_s: float = param(1.0, "lockstep: how long an observation waits for its planned subgoal before "
                                   "the safe command answers it (s)", low=0.0, high=60.0)
     safe_command: str = param("zero", "the safe command: zero (velocity/delta actions, Servo twists) or hold "

@@ -98,6 +98,20 @@ class CadenceMonitor:
                 f"{latency[0]:.2f}/{latency[1]:.2f} ms" + (f", {extra}" if extra else ""))
 
 
+def run_summary(monitor: CadenceMonitor, now_ns: int, target_hz: float) -> dict[str, float | int | None]:
+    """The cadence figures of a whole run as data (NaN percentiles as None), for run reports."""
+    compute, latency = percentiles_ms(monitor.compute_s), percentiles_ms(monitor.latency_s)
+    seconds = 0.0 if monitor.start_ns is None else (now_ns - monitor.start_ns) / 1e9
+
+    def number(x: float) -> float | None:
+        return None if np.isnan(x) else round(float(x), 4)
+
+    return {"target_rate_hz": target_hz, "achieved_rate_hz": number(monitor.achieved_rate_hz(now_ns)),
+            "duration_s": round(seconds, 3), "commands": monitor.commands, "overruns": monitor.overruns,
+            "compute_ms_p50": number(compute[0]), "compute_ms_p99": number(compute[1]),
+            "latency_ms_p50": number(latency[0]), "latency_ms_p99": number(latency[1])}
+
+
 def status_array(now_ns: int, name: str, level: int, message: str, values: Mapping[str, object],
                  hardware_id: str = "") -> DiagnosticArray:
     """A DiagnosticArray holding one status; floats are written with 4 significant digits."""

@@ -59,6 +59,11 @@ def vector_msg(values: np.ndarray, names: Sequence[str], stamp_ns: int, frame_id
     return msg
 
 
+def vector_fields(msg: JointState) -> tuple[list[float], int, list[str]]:
+    """(values, stamp_ns, names) of a stamped vector, unchecked (the control core checks them)."""
+    return list(msg.position), stamp_to_ns(msg.header.stamp), list(msg.name)
+
+
 def vector_from_msg(msg: JointState, dim: int, topic: str) -> tuple[np.ndarray, int]:
     """(values, stamp_ns) of a stamped vector; MessageError if it cannot be used as a `dim`-vector."""
     values = np.asarray(msg.position, dtype=np.float64)

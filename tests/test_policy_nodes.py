@@ -34,6 +34,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from bundle_helpers import fitted_agent, recipe  # noqa: E402
 from nfhiql_core.training.checkpoint import save_checkpoint  # noqa: E402
 from nfhiql_core.training.export import export_bundle  # noqa: E402
+from nfhiql_core.deploy.bundle import sealed  # noqa: E402
 from nfhiql_core.deploy.runtime import PolicyRuntime  # noqa: E402
 from nfhiql_core.training.train import DatasetConfig  # noqa: E402
 from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, LOCKSTEP_QOS, STATE_QOS, stamp_to_ns, vector_msg  # noqa: E402
@@ -158,7 +159,7 @@ class Driver:
     def publish_obs(self, obs, stamp: int | None = None) -> int:
         stamp = self.stamp() if stamp is None else stamp
         msg = vector_msg(np.zeros(1), ["x"], stamp)
-        msg.name = [f"obs_{i}" for i in range(len(obs))]
+        msg.name = ["x", "y"][:len(obs)]  # the bundle's observation names
         msg.position = [float(v) for v in obs]  # as given: NaN and wrong lengths included
         self.obs_pub.publish(msg)
         return stamp
@@ -496,7 +497,7 @@ def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, 
         (old / f.name).write_bytes(f.read_bytes())
     meta = json.loads((old / "bundle.json").read_text())
     del meta["ood_log_likelihood"]
-    (old / "bundle.json").write_text(json.dumps(meta))
+    (old / "bundle.json").write_text(json.dumps(sealed(meta)))
     assert load_bundle(old).metadata.ood_threshold("low") is None
 
 
@@ -516,30 +517,3 @@ def test_planner_rate_and_bad_parameters(bundle) -> None:
 
 
 
-def test_rate_limit_clamp_and_hold_in_process(bundle, runtime) -> None:
-    """The controller's command shaping, called directly in this process (no traffic needed)."""
-    from nfhiql_ros.flow_controller import FlowController
-
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=next(DOMAINS))
-    params = {"bundle": str(bundle), "providers": ["CPU"], "max_delta_per_step": 0.25, "safe_command": "hold",
-              "trigger": "observation"}
-    node = FlowController(context=context, cli_args=["--ros-args", *[a for k, v in params.items() for a in (
-        "-p", f"{k}:={v if not isinstance(v, list) else '[' + ','.join(v) + ']'}")]])
-    sent: list[np.ndarray] = []
-    node.output.publish = lambda command, stamp: sent.append(command.copy())
-    try:
-        goal, obs = np.array([15.0, 15.0]), np.array([2.0, 2.0])
-        subgoal = runtime.plan(obs, goal).subgoal
-        target = runtime.act(obs, subgoal).action  # about (1, 1): four steps of 0.25 from zero
-        node.last_command = np.zeros(2)
-        for k in range(6):
-            node.act(obs, k + 1, subgoal, node.now_ns())
-        steps = np.diff(np.vstack([np.zeros(2), *sent]), axis=0)
-        assert np.all(np.abs(steps) <= 0.25 + 1e-12) and np.allclose(sent[-1], target)
-        assert all(((s >= -1) & (s <= 1)).all() for s in sent)
-        node.send_safe("stale_subgoal", 7, node.now_ns())  # hold: the last policy command again
-        assert np.array_equal(sent[-1], sent[-2]) and node.safe["stale_subgoal"] == 1
-    finally:
-        node.destroy_node()
-        context.try_shutdown()

@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from nfhiql_core.deploy.bundle import (LEVELS, BundleError, BundleMetadata, ModelInfo, check_dims, expected_shapes,
                                        load_bundle)
+from nfhiql_core.control.replan import ReplanSchedule
 from nfhiql_core.errors import NfhiqlError
 
 log = logging.getLogger(__name__)
@@ -222,33 +223,35 @@ def _check_finite(level: str, out: np.ndarray, log_prob: np.ndarray) -> None:
 
 
 class BundlePolicy:
-    """`evaluate()` adapter (stateful-policy protocol): re-plans each env every `replan_every` steps.
+    """`evaluate()` adapter (stateful-policy protocol): re-plans each env by the shared re-plan rule.
 
-    Between re-plans an env keeps its last subgoal, as a planner running slower than the
-    controller would. `replan_every=1` is HIQL's policy (re-plan every step).
+    Each env counts its steps from its episode's start with a `ReplanSchedule` (the one the ROS
+    planner and controller use), so it re-plans on step k with k % replan_every == 0 and keeps
+    its last subgoal in between, as a planner running slower than the controller would.
+    `replan_every=1` is HIQL's policy (re-plan every step).
     """
 
     def __init__(self, runtime: PolicyRuntime, replan_every: int = 1):
-        if replan_every < 1:
-            raise ValueError(f"replan_every must be >= 1, got {replan_every}")
         self.runtime = runtime
         self.replan_every = replan_every
+        ReplanSchedule(replan_every)  # validates
+        self.schedules: dict[int, ReplanSchedule] = {}
         self.subgoals: dict[int, np.ndarray] = {}
-        self.age: dict[int, int] = {}
 
     def reset(self, env_indices: np.ndarray) -> None:
-        """Forget the subgoals of envs that start a new episode."""
+        """Envs that start a new episode: their step count restarts at 0 (re-plan at once)."""
         for i in env_indices.tolist():
-            self.subgoals.pop(i, None)
+            self.schedules.setdefault(i, ReplanSchedule(self.replan_every)).reset()
 
     def __call__(self, observations: np.ndarray, goals: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
         slots = env_indices.tolist()
-        due = [row for row, i in enumerate(slots) if i not in self.subgoals or self.age[i] >= self.replan_every]
+        for i in slots:
+            if i not in self.schedules:
+                self.schedules[i] = ReplanSchedule(self.replan_every)
+                self.schedules[i].reset()
+        due = [row for row, i in enumerate(slots) if self.schedules[i].observe(self.schedules[i].count)[0]]  # stamp: the step index
         if due:
             subgoals = self.runtime.plan(observations[due], goals[due]).subgoal
             for row, subgoal in zip(due, subgoals):
-                self.subgoals[slots[row]], self.age[slots[row]] = subgoal, 0
-        actions = self.runtime.act(observations, np.stack([self.subgoals[i] for i in slots])).action
-        for i in slots:
-            self.age[i] += 1
-        return actions
+                self.subgoals[slots[row]] = subgoal
+        return self.runtime.act(observations, np.stack([self.subgoals[i] for i in slots])).action
