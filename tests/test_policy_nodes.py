@@ -44,6 +44,7 @@ PERIOD = 0.1  # the test bundle's control period (pointmaze)
 TEST_TIMEOUT_S = 45  # hard limit per test (the module-scoped bundle export is not counted)
 DOMAINS = iter(random.Random(os.getpid()).sample(range(1, 101), 100))  # unique per test in this process
 STALL_DOMAINS = iter(random.Random(os.getpid()).sample(range(125, 135), 10))
+DDS_SLACK_S = 0.05  # delivery and scheduling of two processes on a loaded 2-core machine
 VIOLATIONS: list[str] = []  # commands that were non-finite or out of bounds
 
 
@@ -375,7 +376,7 @@ def test_stale_observation_gives_safe_commands_within_two_periods(ros, bundle) -
     driver.spin(0.8)
     after = driver.commands[n_before:]
     first_safe = next(t for t, _, v in after if is_zero(v))
-    assert (first_safe - (last_obs + PERIOD * 1e9)) / 1e9 <= 2 * PERIOD  # from when the next observation was due
+    assert (first_safe - last_obs) / 1e9 <= 2 * PERIOD + DDS_SLACK_S  # the promise: 2 periods after the last one
     assert all(is_zero(v) for t, _, v in after if t > first_safe)
     # An observation that arrives already too old is not acted on either.
     driver.publish_obs([5.0, 5.0], stamp=driver.now() - int(0.5e9))  # newer than the last, but stale
@@ -406,8 +407,8 @@ def test_killed_planner_holds_the_subgoal_then_stops_safely(ros, bundle) -> None
     assert held and not any(is_zero(v) for v in held), "the last subgoal was not held"
     assert all(is_zero(v) for t, _, v in after if t > first_safe)
     last_subgoal = max(s for s in driver.subgoal_stamps if s <= killed)
-    due = last_subgoal + every * PERIOD * 1e9 + 2 * PERIOD * 1e9  # replacement overdue by subgoal_timeout_s
-    assert due - 0.05e9 <= first_safe <= due + 2 * PERIOD * 1e9
+    due = last_subgoal + every * PERIOD * 1e9 + 1.5 * PERIOD * 1e9  # replacement overdue by subgoal_timeout_s
+    assert due - 0.01e9 <= first_safe <= due + (0.5 * PERIOD + DDS_SLACK_S) * 1e9
     assert any(level == 1 and v["state"] == "stale_subgoal" for _, level, v in driver.status("flow_controller"))
 
 
@@ -516,4 +517,56 @@ def test_planner_rate_and_bad_parameters(bundle) -> None:
         assert done.returncode == 1 and "cannot start" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_one_future_stamped_observation_does_not_freeze_the_controller(ros, bundle) -> None:
+    """One observation stamped an hour ahead is dropped and counted; later correct ones are acted on;
+    when they stop, the safe command comes within 2 periods (it never came before the fix)."""
+    driver, launch = ros
+    shared = common(bundle, replan_every=1)
+    launch("subgoal_planner", shared)
+    launch("flow_controller", {**shared, "trigger": "timer"})
+    driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
+    publish = stream(driver, np.array([15.0, 15.0]))
+    driver.spin(1.0, every=(PERIOD, publish))
+    driver.publish_obs([2.0, 2.0], stamp=driver.now() + 3600 * 10**9)
+    injected = driver.now()
+    driver.spin(1.0, every=(PERIOD, publish))
+    last_obs = driver.now()
+    later = [(t, s, v) for t, s, v in driver.commands if t > injected + 2 * PERIOD * 1e9]
+    assert later and all(not is_zero(v) for _, _, v in later), "policy commands stopped after the future stamp"
+    assert max(s for _, s, _ in later) > injected, "commands do not answer the later observations"
+    n = len(driver.commands)
+    assert driver.spin(1.0, until=lambda: any(is_zero(v) for _, _, v in driver.commands[n:]))
+    first_safe = next(t for t, _, v in driver.commands[n:] if is_zero(v))
+    assert (first_safe - last_obs) / 1e9 <= 2 * PERIOD + DDS_SLACK_S
+    assert driver.spin(2.0, until=lambda: any(int(v.get("dropped_observation_future_stamp", 0)) >= 1
+                                              for _, _, v in driver.status("flow_controller")))
 
+
+def test_future_goal_and_wrong_names_are_dropped_with_a_reason(ros, bundle, runtime) -> None:
+    """Lockstep: a goal stamped in the future is refused (the stack keeps answering with the policy);
+    an observation whose names are reversed is refused and counted, the next correct one answered."""
+    driver, launch = ros
+    shared = common(bundle, replan_every=1, trigger="observation")
+    launch("subgoal_planner", shared)
+    launch("flow_controller", shared)
+    driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
+    goal = np.array([15.0, 15.0])
+    driver.publish_goal(goal)
+    assert driver.spin(10.0, until=lambda: any(int(v.get("has_goal") == "True")
+                                               for _, _, v in driver.status("subgoal_planner")))
+    step_lockstep(driver, np.array([2.0, 2.0]))
+    driver.goal_pub.publish(vector_msg(np.array([1.0, 1.0]), ["x", "y"], driver.now() + 3600 * 10**9))
+    obs = np.array([3.0, 3.0])
+    command = step_lockstep(driver, obs)
+    expected = expected_lockstep(runtime, goal, [obs], 1)[0]
+    assert np.allclose(command, expected, atol=1e-5), "a future-stamped goal changed what the stack does"
+    msg = vector_msg(np.array([4.0, 4.0]), ["y", "x"], driver.stamp())
+    driver.obs_pub.publish(msg)
+    assert driver.spin(5.0, until=lambda: any(int(v.get("dropped_observation_names", 0)) >= 1
+                                              for _, _, v in driver.status("flow_controller")))
+    assert not any(s == stamp_to_ns(msg.header.stamp) for _, s, _ in driver.commands)
+    step_lockstep(driver, np.array([4.0, 4.0]))
+    statuses = [v for _, _, v in driver.status("flow_controller")]
+    assert int(statuses[-1].get("dropped_goal_future_stamp", 0)) >= 1 or driver.spin(
+        2.0, until=lambda: any(int(v.get("dropped_goal_future_stamp", 0)) >= 1
+                               for _, _, v in driver.status("flow_controller")))

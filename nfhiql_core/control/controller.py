@@ -172,13 +172,15 @@ class ControllerCore:
     def next_deadline(self) -> int | None:
         """When (node clock) the current inputs stop being enough; None if nothing is pending."""
         t = self.timing
-        deadlines = []
-        if self.observation.arrival is not None and not (self.lockstep and self.idle_sent):
-            deadlines.append(self.observation.arrival + t.observation_timeout + 1)
-        if not self.lockstep and self.subgoal.arrival is not None:
-            deadlines.append(self.subgoal.arrival + t.replan + t.subgoal_timeout + 1)
-        if self.pending is not None:
-            deadlines.append(self.pending.arrival + t.subgoal_wait + 1)
+        if self.lockstep:  # waiting for a subgoal, or for the next observation (else idle)
+            if self.pending is not None:
+                return self.pending.arrival + t.subgoal_wait + 1
+            if self.observation.arrival is None or self.idle_sent:
+                return None
+            return self.observation.arrival + t.observation_timeout + 1
+        deadlines = [s.arrival + timeout + 1 for s, timeout in ((self.observation, t.observation_timeout),
+                                                                (self.subgoal, t.replan + t.subgoal_timeout))
+                     if s.arrival is not None]
         return min(deadlines) if deadlines else None
 
     def _verdict(self, now: int) -> tuple[str, int, str] | None:
