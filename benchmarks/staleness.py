@@ -4,7 +4,8 @@ Starts `subgoal_planner` and `flow_controller` (timer trigger) on the shipped cu
 20 Hz control rate, plays a sim here that streams observations at 20 Hz for 1 s and then stops,
 STOPS times (each time at a random phase against the controller's timer); then kills the planner KILLS times while observations go on. Prints median, p99 and
 max of (first safe command − last observation published) and (first safe command − planner
-killed), in control periods. Usage: python benchmarks/staleness.py [STOPS] [KILLS]
+killed), in control periods (50 ms). Usage: python benchmarks/staleness.py [STOPS] [KILLS]
+(STALENESS_BUNDLE: another bundle; STALENESS_NODE_ARGS: more `-p name:=value` for both nodes; STALENESS_VERBOSE=1: every figure).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from sensor_msgs.msg import JointState
 from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, STATE_QOS, vector_msg
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "cube-single-play"
+BUNDLE = Path(os.environ.get("STALENESS_BUNDLE", ROOT / "bundles" / "cube-single-play"))
 PERIOD = 0.05
 
 
@@ -30,7 +31,7 @@ def main(stops: int = 20, kills: int = 5) -> None:
     domain = int(os.environ.get("ROS_DOMAIN_ID", "120"))
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     args = ["--ros-args", "-r", "__ns:=/stale", "-p", f"bundle:={BUNDLE}", "-p", "providers:=[CPUExecutionProvider]",
-            "-p", "trigger:=timer", "-p", "replan_every:=1"]
+            "-p", "trigger:=timer", "-p", "replan_every:=1", *os.environ.get("STALENESS_NODE_ARGS", "").split()]
 
     def start(node: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", f"nfhiql_ros.{node}", *args], env=env,
@@ -86,6 +87,8 @@ def main(stops: int = 20, kills: int = 5) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     rclpy.shutdown(context=context)
+    if os.environ.get("STALENESS_VERBOSE"):
+        print("stops:", np.round(after_stop, 2).tolist(), "kills:", np.round(after_kill, 2).tolist())
     for label, values in (("observations stop", after_stop), ("planner killed", after_kill)):
         v = np.asarray(values)
         print(f"{label}: first safe command after {np.nanmedian(v):.2f} (median) / {np.nanpercentile(v, 99):.2f} "
