@@ -38,10 +38,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from nfhiql_ros.contract import EXECUTORS, MODES, OUTPUTS, SIM_FORWARD_TOPIC, TRIGGER
+
 PACKAGE = "nfhiql_ros"
-MODES = ("lockstep", "realtime")
-TRIGGER = {"lockstep": "observation", "realtime": "timer"}  # policy nodes' trigger per sim mode
-SIM_FORWARD_TOPIC = "forward_command"  # mujoco_sim's Float64MultiArray command input
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,12 @@ class Argument:
     default: str
     description: str
     choices: tuple[str, ...] = ()  # allowed values besides '' (empty: any)
+    type: type = str  # of bringup's option value (each value when `many`)
+    many: bool = False  # a list: comma-separated here, space-separated values in bringup
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 ARGUMENTS: tuple[Argument, ...] = (
@@ -97,22 +102,22 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("mode", "", "lockstep (one sim step per command, policy nodes' trigger `observation`) or realtime "
              "(wall-clock sim, trigger `timer`); '' = the parameter file (lockstep)", MODES),
     Argument("replan_every", "", "observations per subgoal, shared by planner and controller; 0 = the "
-             "bundle's subgoal_steps; '' = the parameter file"),
+             "bundle's subgoal_steps; '' = the parameter file", type=int),
     Argument("rate_hz", "", "planner rate in Hz (realtime only; sets replan_every from the control period "
-             "in the planner); '' = the parameter file (0: use replan_every)"),
+             "in the planner); '' = the parameter file (0: use replan_every)", type=float),
     Argument("control_period_s", "", "controller (and realtime sim) period in s; 0 = the bundle's / env's; "
-             "'' = the parameter file"),
-    Argument("executor", "", "rclpy executor of the policy nodes; '' = the parameter file",
-             ("single_threaded", "events")),
+             "'' = the parameter file", type=float),
+    Argument("executor", "", "rclpy executor of the policy nodes; '' = the parameter file", EXECUTORS),
     Argument("command_output", "", "sim (JointState `command`), forward (ros2_control forward controller) or "
-             "servo_twist (MoveIt Servo); '' = the parameter file", ("sim", "forward", "servo_twist")),
+             "servo_twist (MoveIt Servo); '' = the parameter file", OUTPUTS),
     Argument("providers", "", "ONNX Runtime providers in priority order, comma-separated (e.g. CUDA,CPU); "
-             "'' = the parameter file"),
-    Argument("tasks", "", "evaluation task ids, e.g. 1,2,3 or [1, 2, 3]; '' = the scenario file (1..5)"),
-    Argument("episodes_per_task", "", "episodes per task; '' = the parameter file"),
-    Argument("max_episode_steps", "", "episode step cap; 0 = the env's limit; '' = the parameter file"),
+             "'' = the parameter file", many=True),
+    Argument("tasks", "", "evaluation task ids, e.g. 1,2,3 or [1, 2, 3]; '' = the scenario file (1..5)",
+             type=int, many=True),
+    Argument("episodes_per_task", "", "episodes per task; '' = the parameter file", type=int),
+    Argument("max_episode_steps", "", "episode step cap; 0 = the env's limit; '' = the parameter file", type=int),
     Argument("seed", "", "evaluation seed (the same per-episode seeds as `nfhiql eval`); '' = the parameter "
-             "file"),
+             "file", type=int),
     Argument("record_path", "", "mujoco_sim's per-step trajectory log (npz, written on exit; relative to the "
              "current directory); '' = the parameter file (default: off)"),
 )
