@@ -1,33 +1,6 @@
-"""The ROS stack of each scenario, described once for `launch/*.launch.py` and `nfhiql-bringup`.
-
-Both front ends read this module, so they start the same nodes (same executables, names and
-parameter files) from the same launch arguments with the same overrides:
-
-    ros2 launch nfhiql_ros manipulation.launch.py bundle:=/path/to/bundle mode:=realtime
-    nfhiql-bringup manipulation --bundle /path/to/bundle --mode realtime
-
-Launch arguments are strings; '' means "keep the parameter file's value". `plan()` turns them into
-one `NodeLaunch` per process: its parameter files (absolute) and typed overrides. Both front ends
-pass the overrides as one more parameter file, written by `write_override_file` with the same
-`/**/<node>` key as the blocks it overrides, last: `Node(parameters=[*files, override_file])` in
-the launch file, `--params-file ... --params-file <override_file>` in bringup.
-
-Why a file and not `-p k:=v` or a launch_ros dict: rcl merges parameter files into one table keyed
-by node pattern, in order of first appearance, and rclpy applies the matching keys in that order.
-`-p k:=v` goes into the `/**` entry, which the parameter file's own `/**` block created first, so a
-`/**/flow_controller` block applied later beats it; launch_ros writes a dict under `/**` too when
-the Node has no namespace. An override under the very key of the block it overrides, parsed after
-it, always wins, with or without a namespace (tests/test_packaging.py checks this through rclpy).
-
-Paths. A relative path inside a parameter file (`bundle`) is relative to the *base directory*: the
-directory that holds `config/` and `sim/`, i.e. the package share directory once installed
-(`share/nfhiql_ros`, what `ros2 launch` uses) or the repository root in a source checkout (what
-`nfhiql-bringup` prefers, see `find_base_dir`). A path given as an argument (`bundle:=...`,
-`--bundle ...`) is relative to the current directory. Either way the nodes get an absolute path,
-so their working directory never matters.
-
-This module imports neither rclpy nor launch: launch files import it from the installed package.
-"""
+"""The ROS stack of each scenario (nodes, parameter files, launch arguments), described once for
+`launch/*.launch.py` and `nfhiql-bringup`; `plan()` turns launch arguments into processes to start.
+Design: docs/design/stack.md. Imports neither rclpy nor launch."""
 from __future__ import annotations
 
 import os
