@@ -34,7 +34,6 @@ class Child:
     proc: subprocess.Popen
     lines: deque = field(default_factory=lambda: deque(maxlen=OUTPUT_LINES))
     reader: threading.Thread | None = None
-    signalled: bool = False  # we asked it to stop
 
     @property
     def pid(self) -> int:
@@ -50,7 +49,6 @@ class Supervisor:
         self.log_dir = log_dir
         self.token = uuid.uuid4().hex
         self._print_lock = threading.Lock()
-        self.on_line: Callable[[str, str], None] | None = None
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
         env = {**env, RUN_ENV: self.token}
@@ -73,8 +71,6 @@ class Supervisor:
                 if log:
                     log.write(line + "\n")
                     log.flush()
-                if self.on_line:
-                    self.on_line(child.name, line)
                 if self.echo:
                     with self._print_lock:
                         print(f"[{child.name}] {line}", flush=True)
@@ -89,7 +85,6 @@ class Supervisor:
 
     def signal_all(self, signum: int, children: Sequence[Child] | None = None) -> None:
         for child in (self.alive() if children is None else children):
-            child.signalled = True
             _killpg(child.pid, signum)
 
     def stop(self, signum: int = signal.SIGINT, grace_s: float = GRACE_S, children: Sequence[Child] | None = None,
