@@ -458,3 +458,10 @@ def test_realtime_stack_keeps_the_controller_rate(bundle, tmp_path, reaper) -> N
     assert report["mode"] == "realtime" and report["episodes"] == 1 and report["sim"]["steps"] == 75
     assert controller["target_rate_hz"] == pytest.approx(25.0)
     assert controller["active_s"] >= 3.0 and controller["rate_hz"] >= 0.95 * controller["target_rate_hz"]
+
+
+def test_scenario_name_ignores_dataset_kind_and_version() -> None:
+    """The bundle/sim mismatch warning compares scenarios: the dataset kind and version do not count."""
+    assert bringup.scenario_name("cube-single-play") == bringup.scenario_name("cube-single-play-v0") == "cube-single"
+    assert bringup.scenario_name("pointmaze-medium-stitch-v0") == "pointmaze-medium"
+    assert bringup.scenario_name("pointmaze-large-navigate") != bringup.scenario_name("pointmaze-medium-navigate-v0")
