@@ -14,7 +14,7 @@ ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST. This process runs the synthetic sim nod
 After a warm-up (policy commands flowing), commands are counted over `--seconds`: achieved rate =
 commands / seconds, % of ticks = commands / (seconds × rate). Safe commands are the commands equal
 to the zero command (the controller's default `safe_command: zero`; a flow's action is never
-exactly zero). The controller is always stopped (SIGINT, SIGKILL after a grace period).
+exactly zero). The controller is always stopped (SIGINT, SIGKILL after the supervisor's grace period).
 """
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from nfhiql_ros.contract import (DIAGNOSTICS_TOPIC, EXECUTORS, GOAL_TOPIC, OBSERVATION_TOPIC, SIM_COMMAND_TOPIC,
+                                 SUBGOAL_TOPIC)
+
 DEFAULT_BUNDLE = "bundles/pointmaze-medium-navigate"
 STARTUP_TIMEOUT_S = 60.0
 WARMUP_S = 0.5  # of policy commands before the measurement window
-GRACE_S = 5.0
 
 
 def register(bench_subparsers) -> None:
@@ -47,7 +49,7 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--bundle", default=DEFAULT_BUNDLE)
     b.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0, 500.0], help="controller rates (Hz)")
     b.add_argument("--seconds", type=float, default=5.0, help="measurement window per rate")
-    b.add_argument("--executor", choices=("single_threaded", "events"), default="single_threaded",
+    b.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
                    help="executor of the controller and of the synthetic sim")
     b.add_argument("--obs-factor", type=float, default=2.0, help="observation rate / control rate")
     b.add_argument("--domain-id", type=int, default=None, help="default: derived from the process id")
@@ -73,13 +75,13 @@ class SyntheticSim:
         self.executor.add_node(self.node)
         self.obs, self.obs_names = obs, list(meta.observation_names)
         self.subgoal, self.subgoal_names = subgoal, vector_names("subgoal", len(subgoal))
-        self.obs_pub = self.node.create_publisher(JointState, "observation", STATE_QOS)
-        self.subgoal_pub = self.node.create_publisher(JointState, "subgoal", STATE_QOS)
-        self.goal_pub = self.node.create_publisher(JointState, "goal", LATCHED_QOS)
+        self.obs_pub = self.node.create_publisher(JointState, OBSERVATION_TOPIC, STATE_QOS)
+        self.subgoal_pub = self.node.create_publisher(JointState, SUBGOAL_TOPIC, STATE_QOS)
+        self.goal_pub = self.node.create_publisher(JointState, GOAL_TOPIC, LATCHED_QOS)
         self.commands: list[tuple[int, int, bool]] = []  # (receive ns, stamp ns, safe)
         self.diagnostics: dict[str, str] = {}
-        self.node.create_subscription(JointState, "command", self.on_command, COMMAND_QOS)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.on_diagnostics, QoSProfile(depth=10))
+        self.node.create_subscription(JointState, SIM_COMMAND_TOPIC, self.on_command, COMMAND_QOS)
+        self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self.on_diagnostics, QoSProfile(depth=10))
         self.goal_pub.publish(vector_msg(goal, list(meta.goal_names), self.now()))
         self.subgoal_every = max(1, round(replan_every * obs_factor))
         self.count = 0
@@ -128,7 +130,7 @@ def _fixed_inputs(bundle: str):
 
 
 def bench_rate(rate: float, args, bundle: str, meta, obs, goal, subgoal, context, env, run_dir: Path) -> dict:
-    from nfhiql_ros.bringup import Supervisor
+    from nfhiql_ros.bringup.supervisor import Supervisor
 
     replan = int(meta.subgoal_steps or 1)
     params = {"flow_controller": {"ros__parameters": {
@@ -163,7 +165,7 @@ def bench_rate(rate: float, args, bundle: str, meta, obs, goal, subgoal, context
     finally:
         if sim is not None:
             sim.close()
-        supervisor.stop(grace_s=GRACE_S)
+        supervisor.stop()
     seconds = (t1 - t0) / 1e9
     latencies = np.array([(r - s) / 1e6 for r, s, _ in window]) if window else np.array([math.nan])
     return {"rate_hz": rate, "achieved_hz": len(window) / seconds, "ticks_pct": 100.0 * len(window) / (seconds * rate),

@@ -170,6 +170,8 @@ class SimParams:
     command_timeout_s: float = param(0.5, "realtime: a command older than this means the zero action (s)",
                                      low=1e-6)
     record_path: str = param("", "npz trajectory log written on exit; '' = off")
+    report_file: str = param("", "JSON run report (episodes, success, steps, command counts, latency) written "
+                             "on exit; '' = off")
     exit_when_done: bool = param(True, "shut down (exit code 0) after the last episode")
     frame_id: str = param("", "header.frame_id of observation, goal and joint_states")
     joint_name_prefix: str = param("", "stripped from MuJoCo joint names in joint_states (e.g. 'ur5e/')")

@@ -1,14 +1,6 @@
-"""launch_ros description of an nfhiql stack, shared by launch/*.launch.py.
-
-Imported only by `ros2 launch` on a ROS 2 install (needs `launch`, `launch_ros`,
-`ament_index_python`). Nodes, parameter files, arguments and how arguments become parameters are
-described once in `nfhiql_ros.stack` (shared with `nfhiql-bringup`, the launch-free equivalent).
-Each node gets `parameters=[<share>/config/<stack>.yaml (mujoco_sim: its sim/ scenario first),
-<the launch arguments' overrides>]`; the overrides are a parameter file keyed `/**/<node>` like the
-blocks they override (a dict would be keyed `/**` by launch_ros and lose to those blocks; see
-nfhiql_ros/stack.py). The launch ends when the sim has run its last episode (mujoco_sim exits when
-done), as bringup does.
-"""
+"""launch_ros description of an nfhiql stack, shared by launch/*.launch.py: arguments from
+`stack.ARGUMENTS`, nodes from `stack.plan` (docs/design/stack.md); the launch ends when the sim
+exits after its last episode. Needs `launch`, `launch_ros` and `ament_index_python`."""
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory

@@ -1,25 +1,22 @@
-"""mujoco_sim: an OGBench environment standing in for the robot.
+"""mujoco_sim: an OGBench environment standing in for the robot, the ROS side of `sim_run.SimRun`.
 
-Runs the evaluation episodes of one scenario (tasks × episodes_per_task, seeded exactly like
-`nfhiql_core.evaluation.protocol.evaluate` through `nfhiql_core.evaluation.episodes`), publishes `goal`, `observation`,
-`joint_states` and one `sim/episode` status per episode, and steps on commands: once per command
-stamped with the latest observation (`lockstep`, see the lockstep contract in nfhiql_ros/README.md)
-or on a wall-clock timer with the latest fresh command (`realtime`).
+Runs the evaluation episodes of one scenario (seeded as `nfhiql eval`'s), publishes `goal`,
+`observation`, `joint_states`, one `sim/episode` status per episode and a summary status at the
+end of the run, steps on commands (lockstep or realtime, see nfhiql_ros/README.md) and writes
+`record_path` and `report_file` on exit.
 
     mujoco_sim --ros-args --params-file sim/pointmaze-medium.yaml -p mode:=realtime
 
 This module must not use `from __future__ import annotations`: rclpy passes `TimerInfo` to a timer
 callback only when the parameter's annotation *is* the class, not its name.
 """
-import dataclasses
 import signal
 import sys
-from collections import deque
 from typing import NamedTuple
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -30,14 +27,16 @@ from rclpy.timer import TimerInfo
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from nfhiql_core.atomic_io import save_npz
-from nfhiql_core.evaluation.episodes import Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
+from nfhiql_core.atomic_io import save_json, save_npz
+from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_ros import ros_io
-from nfhiql_ros.contract import EPISODE_STATUS, SUMMARY_STATUS, SimParams
+from nfhiql_ros.contract import (EPISODE_STATUS, EPISODE_TOPIC, GOAL_TOPIC, OBSERVATION_TOPIC, SIM_COMMAND_TOPIC,
+                                 SIM_FORWARD_TOPIC, SUMMARY_STATUS, SimParams)
+from nfhiql_ros.diagnostics import OK, WARN, status_array
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.sim_run import SimRun, summary_line
 
-STATUS_NAME, SUMMARY_NAME = EPISODE_STATUS, SUMMARY_STATUS
 # Episode results: RELIABLE, deep enough that a slow subscriber misses none of a run's statuses.
 STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # Command subscriptions: RELIABLE like ros2_control's; depth 10 so that in lockstep a valid command
@@ -47,12 +46,6 @@ STARTUP_POLL_S = 0.05
 LOCKSTEP_STALL_S = 2.0  # warn when a lockstep run has waited this long for a command
 GOAL_ACK_TIMEOUT_S = 1.0  # wait for the new goal to be acknowledged before the first observation
 FLUSH_TIMEOUT_S = 1.0  # on exit, wait at most this long for subscribers to acknowledge the last statuses
-
-
-class Command(NamedTuple):
-    action: np.ndarray
-    received_ns: int
-    latency_s: float  # reception − stamp of the observation it answers; NaN when unstamped
 
 
 class JointTable(NamedTuple):
@@ -78,52 +71,8 @@ def control_timestep(env) -> float:
     return float(u.control_timestep() if callable(getattr(u, "control_timestep", None)) else u.dt)
 
 
-class Recorder:
-    """Per-step and per-episode logs for `record_path` (flat per-step arrays + episode offsets)."""
-
-    def __init__(self) -> None:
-        self.observations: list[np.ndarray] = []
-        self.actions: list[np.ndarray] = []
-        self.step_times_ns: list[int] = []
-        self.latencies_s: list[float] = []
-        self.goals: list[np.ndarray] = []
-        self.records: list[EpisodeRecord] = []
-        self.offsets = [0]
-
-    def step(self, observation: np.ndarray, action: np.ndarray, t_ns: int, latency_s: float) -> None:
-        self.observations.append(np.array(observation))
-        self.actions.append(np.array(action))
-        self.step_times_ns.append(t_ns)
-        self.latencies_s.append(latency_s)
-
-    def episode(self, goal: np.ndarray, record: EpisodeRecord) -> None:
-        self.goals.append(np.array(goal))
-        self.records.append(dataclasses.replace(record))
-        self.offsets.append(len(self.actions))
-
-    def arrays(self, obs_shape: tuple, act_shape: tuple, meta: dict) -> dict[str, np.ndarray]:
-        """Completed episodes only (a partial episode at interruption is left out)."""
-        n = self.offsets[-1]
-        stack = lambda xs, shape: np.stack(xs) if xs else np.zeros((0, *shape))  # noqa: E731
-        recs = self.records
-        return dict(
-            observations=stack(self.observations[:n], obs_shape),  # the observation each action was applied at
-            actions=stack(self.actions[:n], act_shape),  # as applied (clipped, env dtype)
-            step_times_ns=np.array(self.step_times_ns[:n], dtype=np.int64),
-            command_latency_s=np.array(self.latencies_s[:n], dtype=np.float64),
-            episode_offsets=np.array(self.offsets, dtype=np.int64),  # episode i = rows offsets[i]:offsets[i+1]
-            goals=stack(self.goals, obs_shape),
-            task_ids=np.array([r.task_id for r in recs], dtype=np.int64),
-            episodes=np.array([r.episode for r in recs], dtype=np.int64),
-            env_seeds=np.array([r.env_seed for r in recs], dtype=np.int64),
-            successes=np.array([r.success for r in recs], dtype=bool),
-            lengths=np.array([r.length for r in recs], dtype=np.int64),
-            **{k: np.array(v) for k, v in meta.items()},
-        )
-
-
 class MujocoSim(Node):
-    """The sim node; `done` turns true after the last episode."""
+    """The sim node: ROS plumbing around a `SimRun`; `done` turns true after the last episode."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("mujoco_sim", **with_command_line_overrides(kwargs))
@@ -144,38 +93,35 @@ class MujocoSim(Node):
         self.period_s = self.p.control_period_s or self.env_period_s
         self.lockstep = self.p.mode == "lockstep"
         self.max_steps = self.p.max_episode_steps or None
-        self.jobs = deque((t, ep) for t in self.p.tasks for ep in range(self.p.episodes_per_task))
-        self.n_episodes = len(self.jobs)
+        self.run = SimRun(self.p.mode, self.p.tasks, self.p.episodes_per_task, self.p.command_timeout_s,
+                          self.period_s)
 
         # Lockstep: no observation may be lost on the way to the planner, which counts them (README).
         self.obs_pub = self.create_publisher(
-            JointState, "observation", ros_io.LOCKSTEP_QOS if self.lockstep else ros_io.STATE_QOS)
-        self.goal_pub = self.create_publisher(JointState, "goal", ros_io.LATCHED_QOS)
+            JointState, OBSERVATION_TOPIC, ros_io.LOCKSTEP_QOS if self.lockstep else ros_io.STATE_QOS)
+        self.goal_pub = self.create_publisher(JointState, GOAL_TOPIC, ros_io.LATCHED_QOS)
         self.joint_pub = self.create_publisher(JointState, "joint_states", ros_io.STATE_QOS)
-        self.status_pub = self.create_publisher(DiagnosticStatus, "sim/episode", STATUS_QOS)
-        self.cmd_sub = self.create_subscription(JointState, "command", self._on_command, COMMAND_SUB_QOS)
+        self.status_pub = self.create_publisher(DiagnosticStatus, EPISODE_TOPIC, STATUS_QOS)
+        self.cmd_sub = self.create_subscription(JointState, SIM_COMMAND_TOPIC, self._on_command, COMMAND_SUB_QOS)
         self.fwd_sub = self.create_subscription(
-            Float64MultiArray, "forward_command", self._on_forward_command, COMMAND_SUB_QOS)
+            Float64MultiArray, SIM_FORWARD_TOPIC, self._on_forward_command, COMMAND_SUB_QOS)
 
         self.episode: Episode | None = None
-        self.done = False
-        self.obs_stamp = 0  # stamp of the latest observation (lockstep: the one awaiting its command)
-        self.episode_stamp = 0  # stamp of the current episode's first observation
         self.last_stamp = 0
-        self.latest: Command | None = None  # realtime: latest accepted command
-        self.steps = self.ignored = self.rejected = self.missed_deadlines = 0
         self.last_step_ns = 0
-        self.prev_expected_ns: int | None = None
-        self.recorder = Recorder()
         self.t_created_ns = self._now_ns()
         self.t_started_ns = 0
         self.rt_timer = None
         self.startup_timer = self.create_timer(STARTUP_POLL_S, self._try_start)
         self.watchdog = self.create_timer(1.0, self._watch) if self.lockstep else None
         self.get_logger().info(
-            f"{self.env_name} ({self.p.mode}, {self.n_episodes} episodes, tasks {list(self.p.tasks)}, "
+            f"{self.env_name} ({self.p.mode}, {self.run.n_episodes} episodes, tasks {list(self.p.tasks)}, "
             f"seed {self.p.seed}, env step {self.env_period_s:g} s"
             + ("" if self.lockstep else f", control period {self.period_s:g} s") + ")")
+
+    @property
+    def done(self) -> bool:
+        return self.run.done
 
     # --- time --------------------------------------------------------------------------------
     def _now_ns(self) -> int:
@@ -212,13 +158,13 @@ class MujocoSim(Node):
     def _watch(self) -> None:
         if self.episode is not None and self._now_ns() - self.last_step_ns > LOCKSTEP_STALL_S * 1e9:
             self.get_logger().warning(
-                f"lockstep: no command for the observation stamped {self.obs_stamp} "
+                f"lockstep: no command for the observation stamped {self.run.obs_stamp} "
                 f"(task {self.episode.record.task_id}, step {self.episode.record.length})",
                 throttle_duration_sec=10.0)
 
     # --- commands ----------------------------------------------------------------------------
     def _reject(self, why: str) -> None:
-        self.rejected += 1
+        self.run.reject()
         self.get_logger().warning(f"command rejected: {why}", throttle_duration_sec=2.0)
 
     def _on_command(self, msg: JointState) -> None:
@@ -242,37 +188,19 @@ class MujocoSim(Node):
 
     def _accept(self, action: np.ndarray, stamp: int | None, now: int) -> None:
         """A valid command; `stamp` is the observation it answers (None: forward_command, unstamped)."""
-        if self.episode is None:
-            self.ignored += 1
-            return
-        latency = float("nan") if stamp is None else (now - stamp) * 1e-9
-        if self.lockstep:
-            if stamp is not None and stamp != self.obs_stamp:
-                self.ignored += 1
-                self.get_logger().warning(f"lockstep: ignored a command stamped {stamp}; the latest observation is "
-                                       f"stamped {self.obs_stamp}", throttle_duration_sec=5.0)
-                return
-            self._step(action, latency)
-        elif stamp is not None and stamp < self.episode_stamp:
-            self.ignored += 1  # answers an observation of an earlier episode
-        else:
-            self.latest = Command(action, now, latency)
+        ignored = self.run.ignored
+        cmd = self.run.accept(action, stamp, now)
+        if cmd is not None:
+            self._step(cmd.action, cmd.latency_s)
+        elif self.lockstep and self.run.ignored > ignored and self.episode is not None:
+            self.get_logger().warning(f"lockstep: ignored a command stamped {stamp}; the latest observation is "
+                                   f"stamped {self.run.obs_stamp}", throttle_duration_sec=5.0)
 
     def _tick(self, info: TimerInfo) -> None:
         """Realtime: step with the latest fresh command (zero action when none is fresh)."""
-        expected, actual = info.expected_call_time.nanoseconds, info.actual_call_time.nanoseconds
-        period_ns = self.period_s * 1e9
-        if self.prev_expected_ns is not None:  # rcl skips the due times it fell behind on
-            self.missed_deadlines += max(0, round((expected - self.prev_expected_ns) / period_ns) - 1)
-        self.prev_expected_ns = expected
-        if actual - expected > period_ns:
-            self.missed_deadlines += 1
-        if self.episode is None:
-            return
-        cmd = self.latest
-        if cmd is None or self._now_ns() - cmd.received_ns > self.p.command_timeout_s * 1e9:
-            self._step(np.zeros(self.act_dim), float("nan"))
-        else:
+        cmd = self.run.tick(info.expected_call_time.nanoseconds, info.actual_call_time.nanoseconds,
+                            self._now_ns(), self.act_dim)
+        if cmd is not None:
             self._step(cmd.action, cmd.latency_s)
 
     # --- episodes ----------------------------------------------------------------------------
@@ -280,9 +208,8 @@ class MujocoSim(Node):
         ep = self.episode
         action = np.clip(action, self.space.low, self.space.high).astype(self.space.dtype)
         now = self._now_ns()
-        self.recorder.step(ep.observation, action, now, latency_s)
+        self.run.stepped(ep.observation, action, now, latency_s)
         over = ep.step(action, self.max_steps)
-        self.steps += 1
         self.last_step_ns = now
         if over:
             self._publish_joint_states(self._stamp())  # the terminal state; no observation (no command is due)
@@ -301,78 +228,58 @@ class MujocoSim(Node):
         msg.velocity = data.qvel[self.joints.qvel].tolist()
         self.joint_pub.publish(msg)
 
-    def _publish_observation(self) -> None:
+    def _publish_observation(self, first_of_episode: bool = False) -> None:
         stamp = self._stamp()
-        self.obs_stamp = stamp
+        self.run.observed(stamp, first_of_episode)
         self.obs_pub.publish(ros_io.vector_msg(self.episode.observation, self.obs_names, stamp, self.p.frame_id))
         self._publish_joint_states(stamp)  # same instant, same stamp
 
     def _next_episode(self) -> None:
-        if not self.jobs:
+        job = self.run.next_job()
+        if job is None:
             self._finish_all()
             return
-        task_id, ep = self.jobs.popleft()
+        task_id, ep = job
         self.episode = Episode(self.env, task_id, ep, episode_seed(self.p.seed, task_id, ep))
-        self.latest = None
         self.last_step_ns = self._now_ns()
         self.goal_pub.publish(ros_io.vector_msg(self.episode.goal, self.obs_names, self._stamp(), self.p.frame_id))
         # The goal must reach every subscriber before the episode's first observation: planner and
         # controller count observations from the goal (lockstep contract).
         if not self.goal_pub.wait_for_all_acked(Duration(seconds=GOAL_ACK_TIMEOUT_S)):
             self.get_logger().warning(f"goal not acknowledged by all subscribers within {GOAL_ACK_TIMEOUT_S} s")
-        self._publish_observation()
-        self.episode_stamp = self.obs_stamp
+        self._publish_observation(first_of_episode=True)
+
+    def _publish_status(self, name: str, message: str, level: bytes, values: dict) -> None:
+        self.status_pub.publish(status_array(self._now_ns(), name, level, message, values, self.env_name).status[0])
 
     def _finish_episode(self) -> None:
         ep, self.episode = self.episode, None
         rec = ep.record
-        self.recorder.episode(ep.goal, rec)
+        self.run.finished(ep.goal, rec)
         outcome = "success" if rec.success else "failure"
-        self.status_pub.publish(_status(
-            STATUS_NAME, outcome, self.env_name, DiagnosticStatus.OK if rec.success else DiagnosticStatus.WARN,
-            task_id=rec.task_id, episode=rec.episode, env_seed=rec.env_seed,
-            success=str(rec.success).lower(), length=rec.length))
+        self._publish_status(EPISODE_STATUS, outcome, OK if rec.success else WARN, dict(
+            task_id=rec.task_id, episode=rec.episode, env_seed=rec.env_seed, success=str(rec.success).lower(),
+            length=rec.length))
         self.get_logger().info(f"task {rec.task_id} episode {rec.episode}: {outcome} after {rec.length} steps "
-                               f"({len(self.recorder.records)}/{self.n_episodes})")
+                               f"({len(self.run.recorder.records)}/{self.run.n_episodes})")
 
     def _finish_all(self) -> None:
-        self.done = True
+        """The end of the run: the summary status on `sim/episode` announces it to every node."""
         if self.rt_timer is not None:
             self.rt_timer.cancel()
         if self.watchdog is not None:
             self.watchdog.cancel()
-        per_task = self.per_task_success()
-        mean = float(np.mean(list(per_task.values())))
-        self.status_pub.publish(_status(
-            SUMMARY_NAME, "done", self.env_name, DiagnosticStatus.OK,
-            success=f"{mean:.6g}", episodes=len(self.recorder.records), steps=self.steps,
-            ignored_commands=self.ignored, rejected_commands=self.rejected,
-            missed_deadlines=self.missed_deadlines, mode=self.p.mode,
-            **{f"task_{t}": f"{s:.6g}" for t, s in per_task.items()}))
-        self.get_logger().info("done: " + self.summary())
+        r = self.report()
+        self._publish_status(SUMMARY_STATUS, "done", OK, dict(
+            success=f"{r['mean_success']:.6g}", episodes=len(r["episodes"]), steps=r["steps"],
+            ignored_commands=r["ignored_commands"], rejected_commands=r["rejected_commands"],
+            missed_deadlines=r["missed_deadlines"] or 0, mode=r["mode"],
+            **{f"task_{t}": f"{s:.6g}" for t, s in r["per_task_success"].items()}))
+        self.get_logger().info("done: " + summary_line(r))
 
-    def per_task_success(self) -> dict[int, float]:
-        recs = self.recorder.records
-        return {t: float(np.mean([r.success for r in recs if r.task_id == t]))
-                for t in dict.fromkeys(r.task_id for r in recs)}
-
-    def summary(self) -> str:
-        """One line: successes, steps, command counts, latency and (realtime) missed deadlines."""
-        per_task = self.per_task_success()
+    def report(self) -> dict:
         wall = (self._now_ns() - self.t_started_ns) * 1e-9 if self.t_started_ns else 0.0
-        lat = np.array([x for x in self.recorder.latencies_s if np.isfinite(x)]) * 1e3
-        parts = [
-            f"{len(self.recorder.records)}/{self.n_episodes} episodes, success "
-            + (f"{np.mean(list(per_task.values())):.3f} (" if per_task else "- (")
-            + ", ".join(f"task {t}: {s:.2f}" for t, s in per_task.items()) + ")",
-            f"{self.steps} steps in {wall:.2f} s ({self.p.mode})",
-            f"commands ignored {self.ignored}, rejected {self.rejected}",
-        ]
-        if lat.size:
-            parts.append(f"latency p50 {np.percentile(lat, 50):.2f} ms, p99 {np.percentile(lat, 99):.2f} ms")
-        if not self.lockstep:
-            parts.append(f"missed deadlines {self.missed_deadlines} (period {self.period_s:g} s)")
-        return "; ".join(parts)
+        return self.run.report(self.env_name, wall)
 
     # --- exit --------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -380,22 +287,20 @@ class MujocoSim(Node):
         self.status_pub.wait_for_all_acked(Duration(seconds=FLUSH_TIMEOUT_S))
 
     def close(self) -> None:
-        """Write the record (if asked) and close the env."""
+        """Write the record and the report (if asked) and close the env."""
+        report = self.report()
         if not self.done:
-            self.get_logger().info("stopped: " + self.summary())
+            self.get_logger().info("stopped: " + summary_line(report))
         if self.p.record_path:
             meta = dict(env_name=self.env_name, mode=self.p.mode, seed=self.p.seed, period_s=self.period_s,
-                        missed_deadlines=self.missed_deadlines, ignored_commands=self.ignored,
-                        rejected_commands=self.rejected)
-            save_npz(self.p.record_path, self.recorder.arrays(
+                        missed_deadlines=self.run.deadlines.missed, ignored_commands=self.run.ignored,
+                        rejected_commands=self.run.rejected)
+            save_npz(self.p.record_path, self.run.recorder.arrays(
                 self.env.observation_space.shape, self.space.shape, meta), compressed=False)
             self.get_logger().info(f"wrote {self.p.record_path}")
+        if self.p.report_file:
+            save_json(self.p.report_file, report)
         self.env.close()
-
-
-def _status(name: str, message: str, hardware_id: str, level: bytes, **values) -> DiagnosticStatus:
-    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
 
 def main(args: list[str] | None = None) -> int:

@@ -1,33 +1,6 @@
-"""The ROS stack of each scenario, described once for `launch/*.launch.py` and `nfhiql-bringup`.
-
-Both front ends read this module, so they start the same nodes (same executables, names and
-parameter files) from the same launch arguments with the same overrides:
-
-    ros2 launch nfhiql_ros manipulation.launch.py bundle:=/path/to/bundle mode:=realtime
-    nfhiql-bringup manipulation --bundle /path/to/bundle --mode realtime
-
-Launch arguments are strings; '' means "keep the parameter file's value". `plan()` turns them into
-one `NodeLaunch` per process: its parameter files (absolute) and typed overrides. Both front ends
-pass the overrides as one more parameter file, written by `write_override_file` with the same
-`/**/<node>` key as the blocks it overrides, last: `Node(parameters=[*files, override_file])` in
-the launch file, `--params-file ... --params-file <override_file>` in bringup.
-
-Why a file and not `-p k:=v` or a launch_ros dict: rcl merges parameter files into one table keyed
-by node pattern, in order of first appearance, and rclpy applies the matching keys in that order.
-`-p k:=v` goes into the `/**` entry, which the parameter file's own `/**` block created first, so a
-`/**/flow_controller` block applied later beats it; launch_ros writes a dict under `/**` too when
-the Node has no namespace. An override under the very key of the block it overrides, parsed after
-it, always wins, with or without a namespace (tests/test_packaging.py checks this through rclpy).
-
-Paths. A relative path inside a parameter file (`bundle`) is relative to the *base directory*: the
-directory that holds `config/` and `sim/`, i.e. the package share directory once installed
-(`share/nfhiql_ros`, what `ros2 launch` uses) or the repository root in a source checkout (what
-`nfhiql-bringup` prefers, see `find_base_dir`). A path given as an argument (`bundle:=...`,
-`--bundle ...`) is relative to the current directory. Either way the nodes get an absolute path,
-so their working directory never matters.
-
-This module imports neither rclpy nor launch: launch files import it from the installed package.
-"""
+"""The ROS stack of each scenario (nodes, parameter files, launch arguments), described once for
+`launch/*.launch.py` and `nfhiql-bringup`; `plan()` turns launch arguments into processes to start.
+Design: docs/design/stack.md. Imports neither rclpy nor launch."""
 from __future__ import annotations
 
 import os
@@ -38,10 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from nfhiql_ros.contract import EXECUTORS, MODES, OUTPUTS, SIM_FORWARD_TOPIC, TRIGGER
+
 PACKAGE = "nfhiql_ros"
-MODES = ("lockstep", "realtime")
-TRIGGER = {"lockstep": "observation", "realtime": "timer"}  # policy nodes' trigger per sim mode
-SIM_FORWARD_TOPIC = "forward_command"  # mujoco_sim's Float64MultiArray command input
 
 
 @dataclass(frozen=True)
@@ -87,6 +59,12 @@ class Argument:
     default: str
     description: str
     choices: tuple[str, ...] = ()  # allowed values besides '' (empty: any)
+    type: type = str  # of bringup's option value (each value when `many`)
+    many: bool = False  # a list: comma-separated here, space-separated values in bringup
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 ARGUMENTS: tuple[Argument, ...] = (
@@ -97,22 +75,22 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("mode", "", "lockstep (one sim step per command, policy nodes' trigger `observation`) or realtime "
              "(wall-clock sim, trigger `timer`); '' = the parameter file (lockstep)", MODES),
     Argument("replan_every", "", "observations per subgoal, shared by planner and controller; 0 = the "
-             "bundle's subgoal_steps; '' = the parameter file"),
+             "bundle's subgoal_steps; '' = the parameter file", type=int),
     Argument("rate_hz", "", "planner rate in Hz (realtime only; sets replan_every from the control period "
-             "in the planner); '' = the parameter file (0: use replan_every)"),
+             "in the planner); '' = the parameter file (0: use replan_every)", type=float),
     Argument("control_period_s", "", "controller (and realtime sim) period in s; 0 = the bundle's / env's; "
-             "'' = the parameter file"),
-    Argument("executor", "", "rclpy executor of the policy nodes; '' = the parameter file",
-             ("single_threaded", "events")),
+             "'' = the parameter file", type=float),
+    Argument("executor", "", "rclpy executor of the policy nodes; '' = the parameter file", EXECUTORS),
     Argument("command_output", "", "sim (JointState `command`), forward (ros2_control forward controller) or "
-             "servo_twist (MoveIt Servo); '' = the parameter file", ("sim", "forward", "servo_twist")),
+             "servo_twist (MoveIt Servo); '' = the parameter file", OUTPUTS),
     Argument("providers", "", "ONNX Runtime providers in priority order, comma-separated (e.g. CUDA,CPU); "
-             "'' = the parameter file"),
-    Argument("tasks", "", "evaluation task ids, e.g. 1,2,3 or [1, 2, 3]; '' = the scenario file (1..5)"),
-    Argument("episodes_per_task", "", "episodes per task; '' = the parameter file"),
-    Argument("max_episode_steps", "", "episode step cap; 0 = the env's limit; '' = the parameter file"),
+             "'' = the parameter file", many=True),
+    Argument("tasks", "", "evaluation task ids, e.g. 1,2,3 or [1, 2, 3]; '' = the scenario file (1..5)",
+             type=int, many=True),
+    Argument("episodes_per_task", "", "episodes per task; '' = the parameter file", type=int),
+    Argument("max_episode_steps", "", "episode step cap; 0 = the env's limit; '' = the parameter file", type=int),
     Argument("seed", "", "evaluation seed (the same per-episode seeds as `nfhiql eval`); '' = the parameter "
-             "file"),
+             "file", type=int),
     Argument("record_path", "", "mujoco_sim's per-step trajectory log (npz, written on exit; relative to the "
              "current directory); '' = the parameter file (default: off)"),
 )

@@ -31,9 +31,9 @@ from sensor_msgs.msg import JointState
 from nfhiql_core.evaluation.episodes import canonical_env_name, make_env
 from nfhiql_core.data.oracles import make_oracle
 from nfhiql_ros import ros_io
+from nfhiql_ros.contract import SUMMARY_STATUS, TeleopParams
 from nfhiql_ros.executors import run_node
-from nfhiql_ros.mujoco_sim import STATUS_QOS, SUMMARY_NAME, control_timestep
-from nfhiql_ros.contract import TeleopParams
+from nfhiql_ros.mujoco_sim import STATUS_QOS, control_timestep
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
 
 MARKER_TOPIC = "teleop/episode"
@@ -117,7 +117,7 @@ class Teleop(Node):
         self.command_pub.publish(ros_io.vector_msg(action, self.names, stamp))
 
     def _on_status(self, msg: DiagnosticStatus) -> None:
-        if msg.name == SUMMARY_NAME:
+        if msg.name == SUMMARY_STATUS:
             self.get_logger().info(f"sim done: {msg.message}; {self.episode + 1} episodes demonstrated")
             self.done = self.p.exit_when_done
 

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 import yaml
 
-from nfhiql_ros import bringup, stack
+from nfhiql_ros import stack
+from nfhiql_ros.bringup import cli as bringup
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = {name: ROOT / "launch" / f"{name}.launch.py" for name in stack.STACKS}
@@ -136,16 +137,18 @@ def from_launch(mod, arguments: dict[str, str], share: Path) -> list[tuple]:
 
 
 def from_bringup(name: str, options: list[str]) -> list[tuple]:
-    """What bringup starts, less its one documented addition: the sim waits for one more
-    `observation` subscriber (bringup's own listener)."""
+    """What bringup starts, less its documented additions: each node's report file in bringup's run
+    directory, and the sim waits for one more `observation` subscriber (bringup's own listener)."""
     args = bringup.parse_args([name, *options])
     plan = stack.plan(name, bringup.launch_arguments(args))
     params = {n.name: stack.effective_parameters(n) for n in plan}
-    started = bringup.with_monitor_gate(plan, params)
+    run_dir = Path("/tmp/nfhiql-bringup-run")
+    started = bringup.with_bringup_overrides(plan, params, run_dir)
     base = stack.find_base_dir()
     out = []
     for n in started:
         overrides = dict(n.overrides)
+        assert overrides.pop(bringup.REPORT_PARAMETER) == str(run_dir / f"{n.name}.json")
         if n.name == "mujoco_sim":
             assert overrides.pop(bringup.GATE_PARAMETER) == params["mujoco_sim"]["min_observation_subscribers"] + 1
         content = {f"/**/{n.name}": {"ros__parameters": overrides}} if overrides else None
@@ -232,10 +235,7 @@ def test_launch_file_source_uses_the_shared_description(name) -> None:
 
 # ---- the stack description --------------------------------------------------------------------------
 
-def test_stack_files_executables_and_status_names() -> None:
-    from nfhiql_ros import mujoco_sim
-
-    assert bringup.EPISODE_STATUS == mujoco_sim.STATUS_NAME and bringup.SUMMARY_STATUS == mujoco_sim.SUMMARY_NAME
+def test_stack_files_and_executables() -> None:
     for s in stack.STACKS.values():
         for node in s.nodes:
             assert (ROOT / stack.PACKAGE / f"{node.executable}.py").is_file()
@@ -458,3 +458,10 @@ def test_realtime_stack_keeps_the_controller_rate(bundle, tmp_path, reaper) -> N
     assert report["mode"] == "realtime" and report["episodes"] == 1 and report["sim"]["steps"] == 75
     assert controller["target_rate_hz"] == pytest.approx(25.0)
     assert controller["active_s"] >= 3.0 and controller["rate_hz"] >= 0.95 * controller["target_rate_hz"]
+
+
+def test_scenario_name_ignores_dataset_kind_and_version() -> None:
+    """The bundle/sim mismatch warning compares scenarios: the dataset kind and version do not count."""
+    assert bringup.scenario_name("cube-single-play") == bringup.scenario_name("cube-single-play-v0") == "cube-single"
+    assert bringup.scenario_name("pointmaze-medium-stitch-v0") == "pointmaze-medium"
+    assert bringup.scenario_name("pointmaze-large-navigate") != bringup.scenario_name("pointmaze-medium-navigate-v0")

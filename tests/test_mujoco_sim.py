@@ -4,6 +4,7 @@ Each test uses its own ROS_DOMAIN_ID with discovery limited to localhost, puts a
 every wait and kills its subprocesses in a fixture finalizer.
 """
 import itertools
+import json
 import math
 import os
 import re
@@ -31,7 +32,8 @@ from nfhiql_core.evaluation.protocol import evaluate  # noqa: E402
 from nfhiql_ros import ros_io  # noqa: E402
 from nfhiql_core.evaluation.episodes import make_env  # noqa: E402
 from nfhiql_ros.contract import SimParams  # noqa: E402
-from nfhiql_ros.mujoco_sim import STATUS_QOS, SUMMARY_NAME, joint_table  # noqa: E402
+from nfhiql_ros.contract import SUMMARY_STATUS  # noqa: E402
+from nfhiql_ros.mujoco_sim import STATUS_QOS, joint_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAZE = "pointmaze-medium-navigate-v0"
@@ -141,7 +143,7 @@ class Controller:
         self.answer_times_ns.append(self.node.get_clock().now().nanoseconds)
 
     def summary(self) -> DiagnosticStatus | None:
-        return next((s for s in self.statuses if s.name == SUMMARY_NAME), None)
+        return next((s for s in self.statuses if s.name == SUMMARY_STATUS), None)
 
     def spin_until(self, predicate, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -175,9 +177,9 @@ def values(status: DiagnosticStatus) -> dict[str, str]:
 
 
 def run_lockstep(domain_id, sims, tmp_path, junk: bool = False, forward: bool = False):
-    record = tmp_path / "run.npz"
+    record, report = tmp_path / "run.npz", tmp_path / "sim.json"
     proc, err = sims(env=MAZE, mode="lockstep", seed=SEED, tasks=tuple(TASKS), max_episode_steps=MAX_STEPS,
-                     start_delay_s=0.2, record_path=str(record))
+                     start_delay_s=0.2, record_path=str(record), report_file=str(report))
     ctl = Controller(domain_id, junk=junk, forward=forward)
     try:
         assert ctl.spin_until(lambda: ctl.summary() is not None, timeout=40), err.read_text()
@@ -185,7 +187,20 @@ def run_lockstep(domain_id, sims, tmp_path, junk: bool = False, forward: bool = 
     finally:
         ctl.close()
     assert rc == 0, err.read_text()
-    return ctl, np.load(record), err.read_text()
+    rec = np.load(record)
+    assert_report_matches_record(json.loads(report.read_text()), rec)
+    return ctl, rec, err.read_text()
+
+
+def assert_report_matches_record(report: dict, rec) -> None:
+    """The sim's report_file: the run summary as data, agreeing with its trajectory record."""
+    assert report["node"] == "mujoco_sim" and report["mode"] == "lockstep" and report["done"] is True
+    assert [(e["task_id"], e["episode"], e["env_seed"], e["success"], e["length"]) for e in report["episodes"]] == [
+        (int(t), int(e), int(s), bool(ok), int(n)) for t, e, s, ok, n in zip(
+            rec["task_ids"], rec["episodes"], rec["env_seeds"], rec["successes"], rec["lengths"])]
+    assert report["steps"] == len(rec["actions"]) and report["mean_success"] == pytest.approx(rec["successes"].mean())
+    latency = rec["command_latency_s"][np.isfinite(rec["command_latency_s"])] * 1e3
+    assert report["latency_ms_p50"] == (pytest.approx(np.percentile(latency, 50)) if latency.size else None)
 
 
 def assert_matches_evaluate(rec) -> None:

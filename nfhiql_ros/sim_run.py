@@ -1,0 +1,221 @@
+"""mujoco_sim's decisions and bookkeeping, rclpy-free: which command steps the env, missed deadlines,
+the episode queue, the per-step record and the run report (`report_file`)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:  # the module stays free of OGBench/MuJoCo imports: bringup reads reports with it
+    from nfhiql_core.evaluation.episodes import EpisodeRecord
+
+NODE = "mujoco_sim"
+
+
+class Command(NamedTuple):
+    action: np.ndarray
+    received_ns: int
+    latency_s: float  # reception − stamp of the observation it answers; NaN when unstamped
+
+
+def finite_or_none(x: Any) -> float | None:
+    """`x` as a float, None when missing or non-finite (JSON has no NaN)."""
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def per_task_success(successes: list[tuple[int, bool]]) -> dict[int, float]:
+    """(task_id, success) pairs → task → success rate, tasks in first-seen order."""
+    tasks = dict.fromkeys(t for t, _ in successes)
+    return {t: float(np.mean([s for tt, s in successes if tt == t])) for t in tasks}
+
+
+def mean_success(per_task: dict[Any, float]) -> float | None:
+    """The mean over tasks (each task weighs the same), None without episodes."""
+    return float(np.mean(list(per_task.values()))) if per_task else None
+
+
+class Recorder:
+    """Per-step and per-episode logs for `record_path` (flat per-step arrays + episode offsets)."""
+
+    def __init__(self) -> None:
+        self.observations: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.step_times_ns: list[int] = []
+        self.latencies_s: list[float] = []
+        self.goals: list[np.ndarray] = []
+        self.records: list[EpisodeRecord] = []
+        self.offsets = [0]
+
+    def step(self, observation: np.ndarray, action: np.ndarray, t_ns: int, latency_s: float) -> None:
+        self.observations.append(np.array(observation))
+        self.actions.append(np.array(action))
+        self.step_times_ns.append(t_ns)
+        self.latencies_s.append(latency_s)
+
+    def episode(self, goal: np.ndarray, record: EpisodeRecord) -> None:
+        self.goals.append(np.array(goal))
+        self.records.append(dataclasses.replace(record))
+        self.offsets.append(len(self.actions))
+
+    def latency_ms(self) -> np.ndarray:
+        """The finite command latencies of every step, in ms."""
+        return np.array([x for x in self.latencies_s if math.isfinite(x)]) * 1e3
+
+    def arrays(self, obs_shape: tuple, act_shape: tuple, meta: dict) -> dict[str, np.ndarray]:
+        """Completed episodes only (a partial episode at interruption is left out)."""
+        n = self.offsets[-1]
+        stack = lambda xs, shape: np.stack(xs) if xs else np.zeros((0, *shape))  # noqa: E731
+        recs = self.records
+        return dict(
+            observations=stack(self.observations[:n], obs_shape),  # the observation each action was applied at
+            actions=stack(self.actions[:n], act_shape),  # as applied (clipped, env dtype)
+            step_times_ns=np.array(self.step_times_ns[:n], dtype=np.int64),
+            command_latency_s=np.array(self.latencies_s[:n], dtype=np.float64),
+            episode_offsets=np.array(self.offsets, dtype=np.int64),  # episode i = rows offsets[i]:offsets[i+1]
+            goals=stack(self.goals, obs_shape),
+            task_ids=np.array([r.task_id for r in recs], dtype=np.int64),
+            episodes=np.array([r.episode for r in recs], dtype=np.int64),
+            env_seeds=np.array([r.env_seed for r in recs], dtype=np.int64),
+            successes=np.array([r.success for r in recs], dtype=bool),
+            lengths=np.array([r.length for r in recs], dtype=np.int64),
+            **{k: np.array(v) for k, v in meta.items()},
+        )
+
+
+class DeadlineCounter:
+    """Realtime: due times of a periodic timer that were missed (skipped, or served a period late)."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_ns = period_s * 1e9
+        self.prev_expected_ns: int | None = None
+        self.missed = 0
+
+    def tick(self, expected_ns: int, actual_ns: int) -> None:
+        if self.prev_expected_ns is not None:  # rcl skips the due times it fell behind on
+            self.missed += max(0, round((expected_ns - self.prev_expected_ns) / self.period_ns) - 1)
+        self.prev_expected_ns = expected_ns
+        if actual_ns - expected_ns > self.period_ns:
+            self.missed += 1
+
+
+class SimRun:
+    """The episode queue, the command decisions and the counters of one sim run.
+
+    `mode` lockstep: a valid command steps the env when it answers the latest observation (or is
+    unstamped). realtime: the latest command answering this episode is kept, and each tick steps
+    with it while it is fresher than `command_timeout_s`, else with the zero action.
+    """
+
+    def __init__(self, mode: str, tasks: tuple[int, ...], episodes_per_task: int, command_timeout_s: float,
+                 period_s: float) -> None:
+        self.mode, self.lockstep = mode, mode == "lockstep"
+        self.jobs = deque((t, ep) for t in tasks for ep in range(episodes_per_task))
+        self.n_episodes = len(self.jobs)
+        self.command_timeout_ns = command_timeout_s * 1e9
+        self.deadlines = DeadlineCounter(period_s)
+        self.period_s = period_s
+        self.recorder = Recorder()
+        self.steps = self.ignored = self.rejected = 0
+        self.obs_stamp = 0  # the latest observation (lockstep: the one awaiting its command)
+        self.episode_stamp = 0  # the current episode's first observation
+        self.latest: Command | None = None  # realtime: the latest accepted command
+        self.in_episode = False
+        self.done = False
+
+    # --- episodes
+    def next_job(self) -> tuple[int, int] | None:
+        """(task_id, episode) of the next episode; None (and `done`) after the last one."""
+        self.latest = None
+        if not self.jobs:
+            self.in_episode, self.done = False, True
+            return None
+        self.in_episode = True
+        return self.jobs.popleft()
+
+    def observed(self, stamp: int, first_of_episode: bool = False) -> None:
+        self.obs_stamp = stamp
+        if first_of_episode:
+            self.episode_stamp = stamp
+
+    def finished(self, goal: np.ndarray, record: EpisodeRecord) -> None:
+        self.in_episode = False
+        self.recorder.episode(goal, record)
+
+    # --- commands
+    def reject(self) -> None:
+        self.rejected += 1
+
+    def accept(self, action: np.ndarray, stamp: int | None, now_ns: int) -> Command | None:
+        """A valid command (`stamp`: the observation it answers, None when unstamped). Lockstep: the
+        command to step with now, or None (ignored). Realtime: None; `latest` is updated."""
+        if not self.in_episode:
+            self.ignored += 1
+            return None
+        latency = math.nan if stamp is None else (now_ns - stamp) * 1e-9
+        if self.lockstep:
+            if stamp is not None and stamp != self.obs_stamp:
+                self.ignored += 1
+                return None
+            return Command(action, now_ns, latency)
+        if stamp is not None and stamp < self.episode_stamp:
+            self.ignored += 1  # answers an observation of an earlier episode
+        else:
+            self.latest = Command(action, now_ns, latency)
+        return None
+
+    def tick(self, expected_ns: int, actual_ns: int, now_ns: int, act_dim: int) -> Command | None:
+        """Realtime timer: the command to step with (zero action when none is fresh), None between episodes."""
+        self.deadlines.tick(expected_ns, actual_ns)
+        if not self.in_episode:
+            return None
+        cmd = self.latest
+        if cmd is None or now_ns - cmd.received_ns > self.command_timeout_ns:
+            return Command(np.zeros(act_dim), now_ns, math.nan)
+        return cmd
+
+    def stepped(self, observation: np.ndarray, action: np.ndarray, now_ns: int, latency_s: float) -> None:
+        self.recorder.step(observation, action, now_ns, latency_s)
+        self.steps += 1
+
+    # --- results
+    def per_task_success(self) -> dict[int, float]:
+        return per_task_success([(r.task_id, r.success) for r in self.recorder.records])
+
+    def report(self, env_name: str, wall_s: float) -> dict[str, Any]:
+        """The run summary as data: written to `report_file`, read by nfhiql-bringup."""
+        per_task = self.per_task_success()
+        lat = self.recorder.latency_ms()
+        pct = lambda q: finite_or_none(float(np.percentile(lat, q))) if lat.size else None  # noqa: E731
+        return {
+            "node": NODE, "mode": self.mode, "env": env_name, "done": self.done,
+            "episodes_expected": self.n_episodes,
+            "episodes": [dataclasses.asdict(r) for r in self.recorder.records],
+            "per_task_success": {str(t): s for t, s in per_task.items()},
+            "mean_success": mean_success(per_task),
+            "steps": self.steps, "wall_s": round(wall_s, 3),
+            "ignored_commands": self.ignored, "rejected_commands": self.rejected,
+            "missed_deadlines": None if self.lockstep else self.deadlines.missed,
+            "period_s": None if self.lockstep else self.period_s,
+            "latency_ms_p50": pct(50), "latency_ms_p99": pct(99),
+        }
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One log line from `SimRun.report`: successes, steps, command counts, latency, missed deadlines."""
+    per_task = report["per_task_success"]
+    mean = report["mean_success"]
+    parts = [
+        f"{len(report['episodes'])}/{report['episodes_expected']} episodes, success "
+        + (f"{mean:.3f} (" if mean is not None else "- (")
+        + ", ".join(f"task {t}: {s:.2f}" for t, s in per_task.items()) + ")",
+        f"{report['steps']} steps in {report['wall_s']:.2f} s ({report['mode']})",
+        f"commands ignored {report['ignored_commands']}, rejected {report['rejected_commands']}",
+    ]
+    if report["latency_ms_p50"] is not None:
+        parts.append(f"latency p50 {report['latency_ms_p50']:.2f} ms, p99 {report['latency_ms_p99']:.2f} ms")
+    if report["missed_deadlines"] is not None:
+        parts.append(f"missed deadlines {report['missed_deadlines']} (period {report['period_s']:g} s)")
+    return "; ".join(parts)
