@@ -28,6 +28,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from nfhiql_core.atomic_io import save_json, save_npz
+from nfhiql_core.evaluation.names import component_names
 from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_ros import ros_io
@@ -87,7 +88,8 @@ class MujocoSim(Node):
         if len(self.space.shape) != 1 or len(self.env.observation_space.shape) != 1:
             raise ConfigError(f"{self.env_name}: mujoco_sim needs 1-D observation and action spaces")
         self.act_dim = self.space.shape[0]
-        self.obs_names = ros_io.vector_names("obs", self.env.observation_space.shape[0])
+        self.obs_names, _ = component_names(self.env_name, self.env.observation_space.shape[0],
+                                            self.env.action_space.shape[0])
         self.joints = joint_table(u.model, self.p.joint_name_prefix)
         self.env_period_s = control_timestep(self.env)
         self.period_s = self.p.control_period_s or self.env_period_s

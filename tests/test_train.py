@@ -14,7 +14,7 @@ import nfhiql_core.training.train as train_module
 from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.checksums import sha256_file
 from recipes import make_dataset, write_recipe
-from nfhiql_core.errors import ConfigError, OutputExistsError
+from nfhiql_core.errors import DatasetError, ConfigError, OutputExistsError
 from nfhiql_core.training.metrics import read_csv
 from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config, train
 
@@ -231,6 +231,14 @@ def test_run_dir_protection_force_and_changed_recipe(setup, tmp_path):
     with pytest.raises(ConfigError, match="'seed' differs"):
         train(other_seed, resume=True, progress=False)
     assert snapshot(run) == before
+
+    # --force with an unreadable dataset: refused before the existing run is touched.
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(DatasetError) as e:
+        train(config(recipe, run, "train.steps=5", f"dataset.path={bad}"), force=True, progress=False)
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    assert snapshot(run) == before  # checkpoint, CSVs and TensorBoard logs all still there
 
     (run / "notes.txt").write_text("stale")
     train(config(recipe, run, "train.steps=5"), force=True, progress=False)

@@ -7,11 +7,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from nfhiql_core.deploy.bundle import BundleError, check_dims
-from nfhiql_core.evaluation.episodes import make_env
+from nfhiql_core.evaluation.episodes import make_env, quiet_gymnasium
 from nfhiql_core.evaluation.protocol import EvalResult, evaluate
 from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
 
 
+@quiet_gymnasium()
 def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every: int = 1,
                     **evaluate_kwargs: Any) -> EvalResult:
     """`evaluate()` a bundle's policy (default env: the bundle's), re-planning every `replan_every` steps."""
@@ -28,6 +29,7 @@ def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every
     return evaluate(BundlePolicy(runtime, replan_every), env_name, **evaluate_kwargs)
 
 
+@quiet_gymnasium()
 def replan_table(runtime: PolicyRuntime, env: str | None = None, intervals: Sequence[int] = (1, 5, 10, 25),
                  **evaluate_kwargs: Any) -> list[dict[str, Any]]:
     """Print and return success vs re-plan interval (same seeds and episodes for every interval)."""

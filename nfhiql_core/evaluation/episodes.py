@@ -29,12 +29,23 @@ def canonical_env_name(env_name: str) -> str:
     return env_name if re.search(r"-v\d+$", env_name) else f"{env_name}-v0"
 
 
+@contextlib.contextmanager
+def quiet_gymnasium() -> Iterator[None]:
+    """Silence gymnasium's warning that OGBench's float64 Box bounds are cast to float32.
+
+    OGBench builds a new Box on every `action_space` access, so the warning would come on every
+    env made and every evaluation run; it says nothing the user can act on.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*precision lowered by casting to float32", category=UserWarning)
+        yield
+
+
 def make_env(env_name: str) -> gymnasium.Env:
     """Make an OGBench env from an env id or dataset name ('pointmaze-medium[-navigate][-v0]')."""
     name = canonical_env_name(env_name)
     try:
-        with warnings.catch_warnings():  # OGBench's float64 bounds on float32 Box spaces: not the user's concern
-            warnings.filterwarnings("ignore", message=r".*precision lowered by casting to float32", category=UserWarning)
+        with quiet_gymnasium():
             if name in gymnasium.registry:
                 return gymnasium.make(name)
             return ogbench.make_env_and_datasets(name, env_only=True)

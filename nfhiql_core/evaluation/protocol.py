@@ -23,7 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nfhiql_core.atomic_io import atomic_open, save_json
-from nfhiql_core.evaluation.episodes import VIDEO_SEEDS, Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
+from nfhiql_core.evaluation.episodes import (VIDEO_SEEDS, Episode, EpisodeRecord, canonical_env_name, episode_seed,
+                                             make_env, quiet_gymnasium)
 from nfhiql_core.errors import ConfigError, NfhiqlError
 
 VIDEO_FRAME_SKIP = 3  # render every 3rd step, like OGBench's `video_frame_skip`
@@ -205,6 +206,7 @@ def _check_args(env: gymnasium.Env, episodes_per_task: int, task_ids: Sequence[i
         raise ConfigError(f"task_ids must be a non-empty subset of 1..{n_tasks} (got {list(task_ids)})")
 
 
+@quiet_gymnasium()
 def evaluate(
     policy: GoalConditionedPolicy,
     env_name: str,

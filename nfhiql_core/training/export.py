@@ -53,6 +53,7 @@ from nfhiql_core.errors import NfhiqlError, OutputExistsError
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
 from nfhiql_core.algo.networks import length_normalize
 from nfhiql_core.deploy.runtime import LevelSession
+from nfhiql_core.evaluation.names import component_names
 
 OPSET = 18
 PARITY_ATOL = 1e-5
@@ -62,8 +63,6 @@ INPUTS = {"high": ("observation", "goal", "z"), "low": ("observation", "subgoal"
 OUTPUTS = {"high": ("subgoal", "log_prob"), "low": ("action", "log_prob")}
 OOD_SAMPLES = 10_000  # dataset states scored for the OOD thresholds
 OOD_PERCENTILE = 1.0  # threshold = this percentile of the in-distribution log-likelihoods
-# Names of OGBench observation/action components, by env family (others get obs_0.., action_0..).
-KNOWN_NAMES = {"pointmaze": (("x", "y"), ("dx", "dy"))}
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +171,8 @@ def control_period(env: Any) -> float | None:
 def _env_description(env_name: str | None, obs_dim: int, action_dim: int) -> dict[str, Any]:
     """Names, action bounds and control period of an OGBench env (without one: generic names,
     bounds [-1, 1] as `HIQLAgent.act` clips to, unknown period)."""
-    family = (env_name or "").split("-")[0]
-    obs_names, action_names = KNOWN_NAMES.get(family, (None, None))
-    desc = {"observation_names": obs_names or tuple(f"obs_{i}" for i in range(obs_dim)),
-            "action_names": action_names or tuple(f"action_{i}" for i in range(action_dim)),
+    obs_names, action_names = component_names(env_name, obs_dim, action_dim)
+    desc = {"observation_names": obs_names, "action_names": action_names,
             "action_low": (-1.0,) * action_dim, "action_high": (1.0,) * action_dim, "control_period_s": None}
     if env_name is None:
         return desc

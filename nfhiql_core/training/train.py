@@ -105,16 +105,19 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     """Run (or resume) training; returns the path of the final checkpoint."""
     run_dir = Path(config.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    _prepare_run_dir(run_dir, ckpt_path, resume, force)
+    replace = _check_run_dir(run_dir, resume, force)
     loop = config.train
     if loop.threads > 0:
         torch.set_num_threads(loop.threads)
     device = resolve_device(loop.device)
 
+    # Everything that can refuse the run comes before the run directory is touched: a --force run
+    # with a bad dataset or recipe leaves the run it would have replaced as it was.
     dataset = load_dataset(config.dataset.path, config.dataset.data_fraction, config.seed)
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
     torch.manual_seed(config.seed)
     agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
+    _prepare_run_dir(run_dir, replace)
     rng = np.random.default_rng(config.seed)
     start = 0
     data_record = {"path": dataset.source, "sha256": sha256_file(dataset.source)}
@@ -153,13 +156,20 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     return ckpt_path
 
 
-def _prepare_run_dir(run_dir: Path, ckpt_path: Path, resume: bool, force: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
+    """Whether an existing run is to be replaced; refuses a non-empty run_dir without --resume/--force."""
     if resume and force:
         raise ConfigError("--resume and --force are mutually exclusive")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if not force:
-            raise OutputExistsError(f"{run_dir}: run directory is not empty (use --resume to continue it "
-                                    "or --force to start over)")
+    occupied = run_dir.exists() and any(run_dir.iterdir())
+    if occupied and not resume and not force:
+        raise OutputExistsError(f"{run_dir}: run directory is not empty (use --resume to continue it "
+                                "or --force to start over)")
+    return occupied and force
+
+
+def _prepare_run_dir(run_dir: Path, replace: bool) -> None:
+    """Remove the run being replaced (once the new one can start), create run_dir, clear torn writes."""
+    if replace:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a kill during a checkpoint write

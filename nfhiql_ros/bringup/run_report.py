@@ -139,14 +139,15 @@ def build_report(*, stack: str, status: str, mode: str, bundle: str, episodes_ex
         by_reason = _live_safe_commands(last_ctrl)
         total_safe = int(_num(last_ctrl, "safe_commands", 0))
 
-    # Safe commands during the run: less the one sent on shutdown and the one that marks the end of
-    # the observation stream after the sim's last episode (lockstep's trigger sees it stop).
+    # Safe commands during the run: less the one sent on shutdown, lockstep's `idle` ones (the stream
+    # stopped after every observation was answered) and the one that marks the end of the observation
+    # stream after the sim's last episode (a timer trigger sees it stop).
     after_end = 0
     if sim_done_at is not None and by_reason.get("stale_observation"):
         before = [v for t, _, _, v in ctrl if t <= sim_done_at]
         stale_before = int(_num(before[-1], "safe_stale_observation", 0)) if before else 0
         after_end = min(1, by_reason["stale_observation"] - stale_before)
-    during = total_safe - by_reason.get("shutdown", 0) - after_end
+    during = total_safe - by_reason.get("shutdown", 0) - by_reason.get("idle", 0) - after_end
 
     target_hz = _num(ctrl_report or {}, "target_rate_hz")
     if not math.isfinite(target_hz):
