@@ -70,7 +70,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
                 executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
         finally:  # also after a callback raised: the safe command goes out first
             node.on_shutdown()
-        return 0
+        return getattr(node, "exit_status", 0)  # a node may fail its run (e.g. a recorder that got nothing)
     finally:
         if executor is not None and node is not None:
             executor.remove_node(node)

@@ -67,7 +67,8 @@ def offered_qos(profile: QoSProfile):
 
 
 class Recorder(Node):
-    """The recorder node; `done` turns true when `duration_s` has passed."""
+    """The recorder node; `done` turns true when `duration_s` has passed (counted from when every topic
+    is subscribed), or when a topic still has no publisher after `discovery_timeout_s`."""
 
     executor_name = "single_threaded"
 
@@ -90,15 +91,22 @@ class Recorder(Node):
         self.counts: dict[str, int] = {}
         self.subscriptions_by_topic: dict[str, object] = {}
         self.done = False
+        self.exit_status = 0
         self.discovery = self.create_timer(DISCOVERY_PERIOD_S, self._discover)
-        if self.p.duration_s:
-            self.create_timer(self.p.duration_s, self._stop)
+        self.discovery_deadline = self.create_timer(self.p.discovery_timeout_s, self._discovery_timed_out)
         self.get_logger().info(f"recording {len(self.pending)} topics to {self.output} ({self.p.storage}"
                                f"{'' if self.p.compression == 'none' else ', zstd ' + self.p.compression}); "
                                f"waiting for publishers on {', '.join(self.pending)}")
 
     def _stop(self) -> None:
         self.done = True
+
+    def _discovery_timed_out(self) -> None:
+        self.discovery_deadline.cancel()
+        if self.pending:
+            self.get_logger().error(f"no publisher on {', '.join(self.pending)} after {self.p.discovery_timeout_s:g} s: "
+                                    "stopping")
+            self.done = True
 
     def _discover(self) -> None:
         """Subscribe every pending topic that has publishers by now."""
@@ -114,7 +122,11 @@ class Recorder(Node):
             self._subscribe(topic, types[topic][0], publishers)
         if not self.pending:
             self.discovery.cancel()
-            self.get_logger().info(f"recording all {len(self.subscriptions_by_topic)} topics")
+            self.discovery_deadline.cancel()
+            self.get_logger().info(f"recording all {len(self.subscriptions_by_topic)} topics"
+                                   + (f" for {self.p.duration_s:g} s" if self.p.duration_s else ""))
+            if self.p.duration_s:  # the duration counts from here, not from start-up (discovery takes time)
+                self.create_timer(self.p.duration_s, self._stop)
 
     def _subscribe(self, topic: str, msgtype: str, publishers: list) -> None:
         if msgtype not in self.store.types:
@@ -149,13 +161,22 @@ class Recorder(Node):
                 if sum(self.counts.values()) == before:
                     break
         self.writer.close()
+        total = sum(self.counts.values())
+        missing = [*self.pending, *(t for t, n in self.counts.items() if n == 0)]
+        if total == 0:  # never a silently empty bag; an existing OUTPUT stays as it was
+            shutil.rmtree(self.workdir)
+            self.get_logger().error(f"no message recorded (no message on {', '.join(missing)}): no bag written")
+            self.exit_status = 1
+            return
         if self.output.exists():  # force: checked at start-up to be a bag
             shutil.rmtree(self.output)
         os.replace(self.partial, self.output)
         self.workdir.rmdir()
-        total = sum(self.counts.values())
         self.get_logger().info(f"wrote {self.output}: {total} messages ("
                                + ", ".join(f"{t} {n}" for t, n in self.counts.items()) + ")")
+        if missing:
+            self.get_logger().error(f"no message on {', '.join(missing)}: the bag lacks these topics")
+            self.exit_status = 1
 
 
 def main(args: list[str] | None = None) -> int:

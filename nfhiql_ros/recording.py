@@ -27,7 +27,8 @@ class RecorderParams:
     storage: str = "mcap"  # mcap | sqlite3
     compression: str = "none"  # none | message | file (zstd)
     force: bool = False  # replace an existing bag at `output`
-    duration_s: float = 0.0  # stop after this long (0: until SIGINT/SIGTERM)
+    duration_s: float = 0.0  # record this long once every topic is subscribed (0: until SIGINT/SIGTERM)
+    discovery_timeout_s: float = 10.0  # a requested topic with no publisher by then fails the recording
 
     def __post_init__(self) -> None:
         problems = []
@@ -42,6 +43,8 @@ class RecorderParams:
             problems.append(f"compression must be one of {COMPRESSIONS} (got {self.compression!r})")
         if self.duration_s < 0:
             problems.append(f"duration_s must be >= 0 (got {self.duration_s})")
+        if not self.discovery_timeout_s > 0:
+            problems.append(f"discovery_timeout_s must be > 0 (got {self.discovery_timeout_s})")
         if problems:
             raise ConfigError("recorder parameters: " + "; ".join(problems))
 
@@ -64,14 +67,18 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, help="bag directory to create")
     p.add_argument("--storage", choices=STORAGES, default="mcap")
     p.add_argument("--compression", choices=COMPRESSIONS, default="none", help="zstd per message or per file")
-    p.add_argument("--duration", type=float, default=0.0, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="seconds, counted from when every topic is subscribed (default: until Ctrl-C)")
+    p.add_argument("--discovery-timeout", type=float, default=10.0,
+                   help="fail when a topic has no publisher after this many seconds (default 10)")
     p.add_argument("--force", action="store_true", help="replace an existing bag directory")
     p.set_defaults(func=_record_command)
 
 
 def _record_command(args: argparse.Namespace) -> None:
     params = RecorderParams(output=str(Path(args.output).absolute()), topics=tuple(args.topics), storage=args.storage,
-                            compression=args.compression, force=args.force, duration_s=args.duration)
+                            compression=args.compression, force=args.force, duration_s=args.duration,
+                            discovery_timeout_s=args.discovery_timeout)
     check_output(params)  # a refused output is a one-line CLI error, before ROS starts
     from nfhiql_ros.recorder import main
 

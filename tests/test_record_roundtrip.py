@@ -215,7 +215,15 @@ def test_nfhiql_record_cli_duration_force_and_refusal(tmp_path, capsys) -> None:
                 "action": {"delta_of": ["/numbers.data"]}}))
             result = bag2data([bag], spec, tmp_path / f"n{run}.npz", progress=False)
             topic = result.summary["bags"][0]["topics"]["/numbers"]
-            assert topic["type"] == "std_msgs/msg/Float64MultiArray" and topic["messages"] >= 10
+            # 3 s counted from the subscription, not from start-up: about 150 messages at <= 50 Hz
+            assert topic["type"] == "std_msgs/msg/Float64MultiArray" and topic["messages"] >= 50
             assert np.all(np.diff(np.load(tmp_path / f"n{run}.npz")["observations"][:, 0]) > 0)
+        # A topic that never appears: non-zero exit naming it, and no bag at all instead of an empty one.
+        missing = tmp_path / "missing"
+        record = procs.start("record-missing", ["-m", "nfhiql_core.cli", "record", "-o", str(missing), "/nobody",
+                                                "--duration", "1", "--discovery-timeout", "2"], cwd=tmp_path)
+        assert record.wait(timeout=60) != 0
+        assert "/nobody" in procs.log("record-missing") and "no bag written" in procs.log("record-missing")
+        assert not missing.exists() and not list(tmp_path.glob(".missing.recording-*"))
     finally:
         procs.close()
