@@ -144,16 +144,42 @@ def test_markers_gaps_and_pre_roll_cut_episodes(tmp_path) -> None:
     with_markers = simple_spec(tmp_path, episodes={"marker_topic": "/marker", "max_gap_s": 0.3})
     result = bag2data([tmp_path / "bag"], with_markers, tmp_path / "m.npz", progress=False)
     lengths = [e["rows"] for e in result.summary["episodes"]]
-    assert lengths == [20, 11, 4]  # [0.95, 2.95): pre-roll dropped; 2.95 s → /cmd's gap; 4.6 s → end
+    # [0.95, 2.95): pre-roll dropped; 2.95 s → /cmd's gap (its 4.0 s value held one period, to 4.1 s);
+    # 4.6 s → end
+    assert lengths == [20, 12, 4]
     assert [e["started_by"] for e in result.summary["episodes"]] == ["marker", "marker", "gap"]
     data = np.load(tmp_path / "m.npz")
-    assert data["observations"][[0, 20, 31], 0].tolist() == [10, 30, 46]
-    assert np.flatnonzero(data["terminals"]).tolist() == [19, 30, 34]
+    assert data["observations"][[0, 20, 32], 0].tolist() == [10, 30, 46]
+    assert np.flatnonzero(data["terminals"]).tolist() == [19, 31, 35]
     assert load_dataset(str(tmp_path / "m.npz")).num_trajectories == 3
     without = simple_spec(tmp_path, episodes={"max_gap_s": 0.3})
     result = bag2data([tmp_path / "bag"], without, tmp_path / "g.npz", progress=False)
-    assert [e["rows"] for e in result.summary["episodes"]] == [41, 4]
+    assert [e["rows"] for e in result.summary["episodes"]] == [42, 4]
     assert result.summary["bags"][0]["cuts"] == {"marker": 0, "gap": 1}
+
+
+def test_a_slow_stream_does_not_cut_the_end_of_an_episode(tmp_path) -> None:
+    """50 Hz joint states and a 10 Hz object pose, the pose's last sample 80 ms before the end: the
+    episode still runs to the last joint state (its last 4 rows are where the goal is reached), and a
+    declared max age shorter than that cuts it where the pose is too old."""
+    ms = 1_000_000
+    with BagWriter(tmp_path / "bag") as bag:
+        for k in range(101):  # joint states 0 … 2.00 s at 50 Hz
+            bag.joint_state("/js", T0 + k * 20 * ms, ["a", "b"], [k, -k])
+        for k in range(20):  # poses 0 … 1.90 s at 10 Hz: the last one 100 ms before the end
+            bag.multiarray("/cmd", T0 + k * 100 * ms, [0.1 * k, 1.0])
+    spec = write_spec(tmp_path / "spec.yaml", [js_field(), {"topic": "/cmd", "type": "std_msgs/Float64MultiArray",
+                                                             "size": 2}], {"delta_of": ["/js.position"]},
+                      rate_hz=50.0)
+    result = bag2data([tmp_path / "bag"], spec, tmp_path / "out.npz", progress=False)
+    (episode,) = result.summary["episodes"]
+    assert episode["rows"] == 101  # to 2.00 s: the pose's 1.90 s value is held 100 ms (its period)
+    assert np.load(tmp_path / "out.npz")["observations"][-1, 0] == 100
+    short = write_spec(tmp_path / "short.yaml", [js_field(), {"topic": "/cmd", "type": "std_msgs/Float64MultiArray",
+                                                              "size": 2, "max_age_s": 0.04}],
+                       {"delta_of": ["/js.position"]}, rate_hz=50.0)
+    result = bag2data([tmp_path / "bag"], short, tmp_path / "short.npz", progress=False, force=True)
+    assert result.summary["episodes"][0]["rows"] == 98  # to 1.94 s: the pose may be 40 ms old at most
 
 
 def test_next_state_delta_actions(tmp_path) -> None:

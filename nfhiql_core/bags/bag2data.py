@@ -385,7 +385,7 @@ def _convert_episode(bag: _Bag, spec: BagSpec, out: _Output, start: int, stop: i
                            "in this episode (empty episode)")
     t_start = max(s.times.item(i0) for s, (i0, _) in zip(bag.streams, ranges))
     tol = _tolerance_ns(spec)
-    t_end = min(s.times.item(i1 - 1) for s, (_, i1) in zip(bag.streams, ranges)) + tol
+    t_end = _episode_end(bag, ranges) + tol
     n = math.floor((t_end - t_start) / spec.period_ns + 1e-6) + 1 if t_end >= t_start else 0
     if n < 2:
         spans = [s.times.item(i1 - 1) - s.times.item(i0) for s, (i0, i1) in zip(bag.streams, ranges)]
@@ -407,6 +407,24 @@ def _convert_episode(bag: _Bag, spec: BagSpec, out: _Output, start: int, stop: i
             actions = _assemble(bag, spec.action.fields, samples)
         out.add(observations, actions, last=k1 == n)
     return t_start, n
+
+
+def _episode_end(bag: _Bag, ranges: list[tuple[int, int]]) -> int:
+    """The episode's last instant: no later than any topic's last sample plus its max age (declared
+    `max_age_s`, or its median sample interval: a value one sample period old is what zero-order hold
+    uses between samples anyway), and no later than the latest sample of all."""
+    ends, last = [], 0
+    for s, (i0, i1) in zip(bag.streams, ranges):
+        declared = max(f.max_age_s for f in s.fields)
+        if declared > 0:
+            age = round(declared * 1e9)
+        else:
+            times = s.times.read(max(i0, i1 - 1001), i1)  # the end of the episode is what matters
+            age = int(np.median(np.diff(times))) if len(times) > 1 else 0
+        t_last = s.times.item(i1 - 1)
+        ends.append(t_last + age)
+        last = max(last, t_last)
+    return min(min(ends), last)
 
 
 def _tolerance_ns(spec: BagSpec) -> int:

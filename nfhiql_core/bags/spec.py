@@ -79,6 +79,10 @@ class FieldSpec:
     scale: float | tuple[float, ...] = 1.0
     offset: float | tuple[float, ...] = 0.0
     label: str = ""  # name in reports and in action.delta_of; default '<topic>.<field>'
+    # At an episode's end, this topic's last value still counts for rows up to this long after it
+    # (so a slow stream, e.g. a 10 Hz object pose, does not cut the last rows of a 50 Hz episode);
+    # 0 = the topic's median sample interval in that episode.
+    max_age_s: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = _setter(self)
@@ -96,6 +100,8 @@ class FieldSpec:
             raise ValueError(f"field: {self.type} has no arrays; select components with names")
         self._check_selection(kind)
         set_("label", self.label or (f"{self.topic}.{self.field}" if self.field else self.topic))
+        if not self.max_age_s >= 0:
+            raise ValueError(f"max_age_s: must be >= 0 (got {self.max_age_s})")
         for key in ("scale", "offset"):
             value = getattr(self, key)
             if isinstance(value, tuple) and len(value) != self.dim:
