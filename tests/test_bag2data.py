@@ -20,7 +20,7 @@ from nfhiql_core.bags.bag2data import bag2data, sidecar_path, typestore
 from nfhiql_core.bags.extract import JointSelector, JointStateDecoder, deserializer
 from nfhiql_core.bags.spec import FieldSpec, load_spec
 from nfhiql_core.data.dataset import load_dataset
-from nfhiql_core.errors import ConfigError
+from nfhiql_core.errors import ConfigError, DatasetError
 from nfhiql_core.bags.spill import SpillArray, write_npz
 from recipes import write_recipe
 
@@ -453,3 +453,16 @@ def test_spill_array_and_npz_roundtrip(tmp_path) -> None:
     with np.load(tmp_path / "x.npz") as data:
         np.testing.assert_array_equal(data["rows"], rows)
         np.testing.assert_array_equal(data["t"], np.arange(0, 100, 2))
+
+
+def test_output_that_could_not_train_fails_at_conversion_naming_the_bag(tmp_path) -> None:
+    """A value finite in the bag but not in float32 (the dataset's dtype): refused by the checks
+    `nfhiql train` applies, before anything is written."""
+    with BagWriter(tmp_path / "bag") as bag:
+        for k in range(20):
+            bag.joint_state("/js", T0 + k * DT, ["a", "b"], [1e300 if k == 7 else k, -k])
+    spec = write_spec(tmp_path / "spec.yaml", [js_field()], {"delta_of": ["/js.position"]})
+    with pytest.raises(DatasetError) as e:
+        bag2data([tmp_path / "bag"], spec, tmp_path / "out.npz", progress=False)
+    assert str(tmp_path / "bag") in str(e.value) and "observations" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "out.npz").exists() and not (tmp_path / "out.npz.json").exists()

@@ -40,6 +40,7 @@ from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import to_dict
 from nfhiql_core.errors import BagError
 from nfhiql_core.bags.spill import SpillArray, write_npz
+from nfhiql_core.data.dataset import Dataset
 
 BLOCK_ROWS = 1024  # grid rows resampled at a time
 SIDECAR_SUFFIX = ".json"  # OUT.npz → OUT.npz.json
@@ -195,6 +196,8 @@ def bag2data(bags: Sequence[str | Path], spec_path: str | Path, output: str | Pa
                 s.times.close()
                 s.values.close()
         summary["rows"] = len(out.observations)
+        # The checks `nfhiql train` applies, here: a conversion that could not train fails now, naming its bags.
+        Dataset.from_arrays(**{k: a.memmap() for k, a in out.arrays().items()}, source=", ".join(map(str, bags)))
         write_npz(output, out.arrays())
         out.close()
     save_json(sidecar, summary)

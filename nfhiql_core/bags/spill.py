@@ -68,6 +68,13 @@ class SpillArray:
         return np.fromfile(self.path, dtype=self.dtype, count=count * (self._row_bytes // self.dtype.itemsize),
                            offset=start * self._row_bytes).reshape(count, *self.row_shape)
 
+    def memmap(self) -> np.ndarray:
+        """Every row as a read-only memory map of the file (nothing loaded)."""
+        self.flush()
+        if self._stored == 0:
+            return np.empty((0, *self.row_shape), dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self._stored, *self.row_shape))
+
     def item(self, index: int):
         """One row."""
         return self.read(index, index + 1)[0]
