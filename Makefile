@@ -13,7 +13,10 @@ $(STAMP): setup.py constraints.txt
 
 setup: $(STAMP)
 
+# Lint (ruff), the architecture's import contracts (import-linter), then the tests.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q tests
 
 # The main job: the ROS 2 stack (mujoco_sim + subgoal_planner + flow_controller as separate processes

@@ -3,8 +3,8 @@
 `pip install -e .` gives the `nfhiql` CLI; `colcon build` on a ROS 2 install uses the same file
 (the data_files put package.xml, the resource marker, launch/ and config/ under share/).
 """
-from glob import glob
 import os
+from glob import glob
 
 from setuptools import find_packages, setup
 

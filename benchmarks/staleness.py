@@ -2,10 +2,14 @@
 
 Starts `subgoal_planner` and `flow_controller` (timer trigger) on the shipped cube bundle at its
 20 Hz control rate, plays a sim here that streams observations at 20 Hz for 1 s and then stops,
-STOPS times (each time at a random phase against the controller's timer); then kills the planner KILLS times while observations go on. Prints median, p99 and
-max of (first safe command − last observation published) and (first safe command − planner
-killed), in control periods (50 ms). Usage: python benchmarks/staleness.py [STOPS] [KILLS]
-(STALENESS_BUNDLE: another bundle; STALENESS_NODE_ARGS: more `-p name:=value` for both nodes; STALENESS_VERBOSE=1: every figure).
+STOPS times (each time at a random phase against the controller's timer); then kills the planner
+KILLS times while observations go on. Prints median, p99 and max of (first safe command − last
+observation published) and (first safe command − planner killed), in control periods (50 ms).
+
+    python benchmarks/staleness.py [STOPS] [KILLS]
+
+STALENESS_BUNDLE: another bundle; STALENESS_NODE_ARGS: more `-p name:=value` for both nodes;
+STALENESS_VERBOSE=1: every figure. Run it from the checkout whose code is measured.
 """
 from __future__ import annotations
 

@@ -41,8 +41,8 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import torch
 
-    from nfhiql_core.evaluation.protocol import evaluate
     from nfhiql_core.algo.agent import TorchPolicy
+    from nfhiql_core.evaluation.protocol import evaluate
     from nfhiql_core.training.checkpoint import load_checkpoint
     from nfhiql_core.training.train import resolve_device
 
@@ -61,8 +61,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _eval_bundle(args: argparse.Namespace) -> None:
-    from nfhiql_core.evaluation.bundle_eval import evaluate_bundle
     from nfhiql_core.deploy.runtime import DEFAULT_PROVIDERS, PolicyRuntime
+    from nfhiql_core.evaluation.bundle_eval import evaluate_bundle
 
     runtime = PolicyRuntime(args.checkpoint, args.providers or DEFAULT_PROVIDERS, args.require_provider,
                             intra_op_threads=args.threads, temperature=args.temperature, seed=args.seed)
@@ -100,8 +100,8 @@ def _bench_inference(args: argparse.Namespace) -> None:
 
 
 def _bench_replan(args: argparse.Namespace) -> None:
-    from nfhiql_core.evaluation.bundle_eval import replan_table
     from nfhiql_core.deploy.runtime import PolicyRuntime
+    from nfhiql_core.evaluation.bundle_eval import replan_table
 
     replan_table(PolicyRuntime(args.bundle, args.providers), args.env, args.intervals, episodes_per_task=args.episodes,
                  seed=args.seed, num_envs=args.num_envs, progress=not args.quiet)

@@ -29,8 +29,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from nfhiql_ros.contract import (DIAGNOSTICS_TOPIC, EXECUTORS, GOAL_TOPIC, OBSERVATION_TOPIC, SIM_COMMAND_TOPIC,
-                                 SUBGOAL_TOPIC)
+from nfhiql_ros.contract import (
+    DIAGNOSTICS_TOPIC,
+    EXECUTORS,
+    GOAL_TOPIC,
+    OBSERVATION_TOPIC,
+    SIM_COMMAND_TOPIC,
+    SUBGOAL_TOPIC,
+)
 
 DEFAULT_BUNDLE = "bundles/pointmaze-medium-navigate"
 STARTUP_TIMEOUT_S = 60.0
@@ -169,7 +175,8 @@ def bench_rate(rate: float, args, bundle: str, meta, obs, goal, subgoal, context
     seconds = (t1 - t0) / 1e9
     latencies = np.array([(r - s) / 1e6 for r, s, _ in window]) if window else np.array([math.nan])
     return {"rate_hz": rate, "achieved_hz": len(window) / seconds, "ticks_pct": 100.0 * len(window) / (seconds * rate),
-            "latency_p50_ms": float(np.percentile(latencies, 50)), "latency_p99_ms": float(np.percentile(latencies, 99)),
+            "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "latency_p99_ms": float(np.percentile(latencies, 99)),
             "latency_max_ms": float(np.max(latencies)), "safe_commands": sum(safe for _, _, safe in window),
             "commands": len(window), "seconds": seconds,
             "controller_overruns": diagnostics.get("overruns", "?"),

@@ -4,14 +4,15 @@ exits after its last episode. Needs `launch`, `launch_ros` and `ament_index_pyth
 import tempfile
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
 from nfhiql_ros import stack
+
 
 def launch_nodes(context, stack_name: str):
     """The stack's nodes for the launch arguments as given (evaluated at launch time)."""

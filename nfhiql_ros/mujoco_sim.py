@@ -28,12 +28,20 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from nfhiql_core.atomic_io import save_json, save_npz
-from nfhiql_core.evaluation.names import component_names
-from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
 from nfhiql_core.errors import ConfigError, NfhiqlError
+from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
+from nfhiql_core.evaluation.names import component_names
 from nfhiql_ros import ros_io
-from nfhiql_ros.contract import (EPISODE_STATUS, EPISODE_TOPIC, GOAL_TOPIC, OBSERVATION_TOPIC, SIM_COMMAND_TOPIC,
-                                 SIM_FORWARD_TOPIC, SUMMARY_STATUS, SimParams)
+from nfhiql_ros.contract import (
+    EPISODE_STATUS,
+    EPISODE_TOPIC,
+    GOAL_TOPIC,
+    OBSERVATION_TOPIC,
+    SIM_COMMAND_TOPIC,
+    SIM_FORWARD_TOPIC,
+    SUMMARY_STATUS,
+    SimParams,
+)
 from nfhiql_ros.diagnostics import OK, WARN, status_array
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
 from nfhiql_ros.sim_run import SimRun, summary_line

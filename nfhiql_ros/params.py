@@ -60,9 +60,9 @@ def descriptor(field: dataclasses.Field) -> ParameterDescriptor:
             d.integer_range = [IntegerRange(from_value=int(low if low is not None else -2**63),
                                             to_value=int(high if high is not None else 2**63 - 1), step=0)]
         else:
-            d.floating_point_range = [FloatingPointRange(from_value=float(low if low is not None else -sys.float_info.max),
-                                                         to_value=float(high if high is not None else sys.float_info.max),
-                                                         step=0.0)]
+            big = sys.float_info.max
+            d.floating_point_range = [FloatingPointRange(from_value=float(low if low is not None else -big),
+                                                         to_value=float(high if high is not None else big), step=0.0)]
     elif low is not None or high is not None:  # arrays: rclpy ranges apply to scalars only
         bounds = f"elements in [{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
         d.additional_constraints = "; ".join(filter(None, (d.additional_constraints, bounds)))

@@ -104,8 +104,8 @@ class Recorder(Node):
     def _discovery_timed_out(self) -> None:
         self.discovery_deadline.cancel()
         if self.pending:
-            self.get_logger().error(f"no publisher on {', '.join(self.pending)} after {self.p.discovery_timeout_s:g} s: "
-                                    "stopping")
+            self.get_logger().error(f"no publisher on {', '.join(self.pending)} after "
+                                    f"{self.p.discovery_timeout_s:g} s: stopping")
             self.done = True
 
     def _discover(self) -> None:

@@ -28,8 +28,8 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
-from nfhiql_core.evaluation.episodes import canonical_env_name, make_env
 from nfhiql_core.data.oracles import make_oracle
+from nfhiql_core.evaluation.episodes import canonical_env_name, make_env
 from nfhiql_ros import ros_io
 from nfhiql_ros.contract import SUMMARY_STATUS, TeleopParams
 from nfhiql_ros.executors import run_node

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
+from nfhiql_core.algo.networks import length_normalize
 from nfhiql_core.training.checkpoint import save_checkpoint
 from nfhiql_core.training.export import export_bundle
-from nfhiql_core.algo.networks import length_normalize
 from nfhiql_core.training.train import DatasetConfig, TrainConfig
 
 MAZE = "pointmaze-medium-navigate"

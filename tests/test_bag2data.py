@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from bag_helpers import SEC, T0, BagWriter, cmd_field, js_field, write_spec
+from recipes import write_recipe
+
 from nfhiql_core import cli
 from nfhiql_core.bags.bag2data import bag2data, sidecar_path, typestore
 from nfhiql_core.bags.extract import JointSelector, JointStateDecoder, deserializer
 from nfhiql_core.bags.spec import FieldSpec, load_spec
+from nfhiql_core.bags.spill import SpillArray, write_npz
 from nfhiql_core.data.dataset import load_dataset
 from nfhiql_core.errors import ConfigError, DatasetError
-from nfhiql_core.bags.spill import SpillArray, write_npz
-from recipes import write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 DT = SEC // 10  # 10 Hz
@@ -399,7 +399,8 @@ def test_conversion_and_the_cli_need_no_ros() -> None:
     """nfhiql_core never imports ROS: with rclpy unimportable, the CLI (entry-point verbs included)
     parses and bag2data imports."""
     code = ("import sys; sys.modules['rclpy'] = None\n"
-            "from nfhiql_core import cli\nfrom nfhiql_core.bags import bag2data\nfrom nfhiql_core.bench import bag2data as bench_bag2data\n"
+            "from nfhiql_core import cli\nfrom nfhiql_core.bags import bag2data\n"
+            "from nfhiql_core.bench import bag2data as bench_bag2data\n"
             "args = cli.build_parser().parse_args(['bag2data', 'b', '--spec', 's', '-o', 'o'])\n"
             "assert args.func is cli._bag2data\n"
             "ros = [m for m, mod in sys.modules.items() if mod and m.split('.')[0] in ('rclpy', 'sensor_msgs')]\n"

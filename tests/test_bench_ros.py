@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("rclpy")
 
 from bundle_helpers import exported  # noqa: E402
+
 from nfhiql_core.cli import main  # noqa: E402
 
 

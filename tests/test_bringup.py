@@ -415,9 +415,9 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
     """The manipulation stack in lockstep (two episodes, so an episode boundary; re-plan every 4)
     steps exactly the trajectory of `nfhiql eval BUNDLE --replan-every 4` in this process, with the
     same success and lengths, and a second run steps it again."""
+    from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
     from nfhiql_core.evaluation.episodes import make_env
     from nfhiql_core.evaluation.protocol import evaluate
-    from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
 
     every, steps, tasks = 4, 40, ("2", "3")
     runs = [_run(CUBE_BUNDLE, tmp_path / f"run{i}", reaper, "--tasks", *tasks, "--episodes-per-task", "1",

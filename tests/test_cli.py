@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from nfhiql_core.training.checkpoint import load_checkpoint
 from recipes import make_dataset, write_recipe
+
 from nfhiql_core.cli import main
+from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.training.metrics import read_csv
 from nfhiql_core.training.train import load_train_config, train
 

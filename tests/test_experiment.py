@@ -8,14 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from recipes import make_dataset, write_recipe
 
+from nfhiql_core.analysis.experiment import (
+    RESULT_NAME,
+    _curve,
+    adopt_results,
+    cell_result,
+    grid_cells,
+    load_experiment_config,
+    run_experiment,
+    write_report,
+)
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.cli import main
 from nfhiql_core.errors import ConfigError, NfhiqlError
-from nfhiql_core.analysis.experiment import (RESULT_NAME, _curve, adopt_results, cell_result, grid_cells,
-                                    load_experiment_config, run_experiment, write_report)
 from nfhiql_core.training.metrics import MetricsLogger, read_csv
-from recipes import make_dataset, write_recipe
 
 TASK = "pointmaze-medium-navigate"
 

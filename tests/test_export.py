@@ -8,16 +8,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from bundle_helpers import KINDS, MAZE, exported, fitted_agent
 from torch import nn
 
 import nfhiql_core.training.export as export_module
-from bundle_helpers import KINDS, MAZE, exported, fitted_agent
-from nfhiql_core.deploy.bundle import FORMAT, load_bundle
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.training.checkpoint import CheckpointError, load_checkpoint
-from nfhiql_core.errors import OutputExistsError
-from nfhiql_core.training.export import ExportError, export_bundle
+from nfhiql_core.deploy.bundle import FORMAT, load_bundle
 from nfhiql_core.deploy.runtime import PolicyRuntime
+from nfhiql_core.errors import OutputExistsError
+from nfhiql_core.training.checkpoint import CheckpointError, load_checkpoint
+from nfhiql_core.training.export import ExportError, export_bundle
 
 
 @pytest.mark.parametrize("policy,space", KINDS)

@@ -35,7 +35,9 @@ def test_log_det_matches_autograd_jacobian(dim):
     for i in range(3):
         context = torch.randn(1, 4, dtype=torch.float64)
         z = torch.randn(1, dim, dtype=torch.float64)
-        jac = torch.autograd.functional.jacobian(lambda v: flow.sample_with_log_prob(context, v.unsqueeze(0))[0][0], z[0])
+        def sample(v: torch.Tensor) -> torch.Tensor:
+            return flow.sample_with_log_prob(context, v.unsqueeze(0))[0][0]
+        jac = torch.autograd.functional.jacobian(sample, z[0])
         _, expected_log_det = torch.linalg.slogdet(jac)
         x, log_prob = flow.sample_with_log_prob(context, z)
         # log p(x) = log N(z) − log|det ∂x/∂z|

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from nfhiql_core.data.dataset import Dataset
-from nfhiql_core.errors import ConfigError
 from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
+from nfhiql_core.errors import ConfigError
 
 K = 25
 TRAJ_ONLY = {"value_p_curgoal": 0.0, "value_p_trajgoal": 1.0, "value_p_randomgoal": 0.0}

@@ -28,11 +28,10 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from nfhiql_core.errors import ConfigError  # noqa: E402
+from nfhiql_core.evaluation.episodes import make_env  # noqa: E402
 from nfhiql_core.evaluation.protocol import evaluate  # noqa: E402
 from nfhiql_ros import ros_io  # noqa: E402
-from nfhiql_core.evaluation.episodes import make_env  # noqa: E402
-from nfhiql_ros.contract import SimParams  # noqa: E402
-from nfhiql_ros.contract import SUMMARY_STATUS  # noqa: E402
+from nfhiql_ros.contract import SUMMARY_STATUS, SimParams  # noqa: E402
 from nfhiql_ros.mujoco_sim import STATUS_QOS, joint_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
-from nfhiql_core.training.checkpoint import save_checkpoint
+from nfhiql_core.analysis.multimodality import find_situations, sample_policy, two_means
 from nfhiql_core.cli import main
 from nfhiql_core.config import to_dict
 from nfhiql_core.data.dataset import load_dataset
-from nfhiql_core.analysis.multimodality import find_situations, sample_policy, two_means
+from nfhiql_core.training.checkpoint import save_checkpoint
 
 K = 5  # subgoal_steps of the tiny agents
 

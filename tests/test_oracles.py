@@ -3,9 +3,9 @@ observation and goal, is the env's own, and it solves cube-single tasks from obs
 import numpy as np
 import pytest
 
-from nfhiql_core.evaluation.episodes import make_env
-from nfhiql_core.errors import ConfigError
 from nfhiql_core.data.oracles import CubeOracle, MazeOracle, make_oracle
+from nfhiql_core.errors import ConfigError
+from nfhiql_core.evaluation.episodes import make_env
 
 STATE_KEYS = ("proprio/effector_pos", "proprio/effector_yaw", "proprio/gripper_opening", "privileged/block_0_pos",
               "privileged/block_0_yaw")

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nfhiql_core.analysis.plots import plot_runs
 from nfhiql_core.bench.train import bench_train, synthetic_dataset
 from nfhiql_core.errors import NfhiqlError
 from nfhiql_core.training.metrics import MetricsLogger
-from nfhiql_core.analysis.plots import plot_runs
 
 
 def test_plot_runs_writes_a_png(tmp_path):

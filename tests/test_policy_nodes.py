@@ -2,7 +2,8 @@
 
 Each test gets its own ROS_DOMAIN_ID (1..100, drawn per pytest process; the planner-stall test
 125..134), LOCALHOST discovery and its own namespace; nodes run as
-`python -m nfhiql_ros.<node> --ros-args --params-file ...` and are killed in fixture teardown. Every command any test receives is checked to be finite and inside the
+`python -m nfhiql_ros.<node> --ros-args --params-file ...` and are killed in fixture teardown.
+Every command any test receives is checked to be finite and inside the
 bundle's bounds (`Driver.on_command`); an autouse fixture fails the test otherwise.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 import yaml  # noqa: E402
+from bundle_helpers import fitted_agent, recipe  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -31,11 +33,10 @@ from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from bundle_helpers import fitted_agent, recipe  # noqa: E402
-from nfhiql_core.training.checkpoint import save_checkpoint  # noqa: E402
-from nfhiql_core.training.export import export_bundle  # noqa: E402
 from nfhiql_core.deploy.bundle import sealed  # noqa: E402
 from nfhiql_core.deploy.runtime import PolicyRuntime  # noqa: E402
+from nfhiql_core.training.checkpoint import save_checkpoint  # noqa: E402
+from nfhiql_core.training.export import export_bundle  # noqa: E402
 from nfhiql_core.training.train import DatasetConfig  # noqa: E402
 from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, LOCKSTEP_QOS, STATE_QOS, stamp_to_ns, vector_msg  # noqa: E402
 
@@ -456,7 +457,7 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
         return float(high), float(runtime.act(obs, subgoal).log_prob)
 
     inside = [np.array([3.0, 4.0]), np.array([6.0, 2.0])]
-    assert all(h >= ood["high"] and l >= ood["low"] for h, l in map(log_likelihoods, inside))
+    assert all(high >= ood["high"] and low >= ood["low"] for high, low in map(log_likelihoods, inside))
     # Far from the data the low level's density of its own action drops (for about 30 % of such
     # states with this test agent): take the lowest of a few candidates.
     candidates = np.random.default_rng(0).uniform(-100, 100, (200, 2))
@@ -479,8 +480,8 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
 
 
 def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, caplog) -> None:
-    from nfhiql_core.deploy.bundle import load_bundle
     from nfhiql_core.config import to_dict
+    from nfhiql_core.deploy.bundle import load_bundle
     from nfhiql_core.errors import DatasetError
     from nfhiql_core.training.export import _ood_metadata
 

@@ -21,9 +21,10 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from recipes import write_recipe  # noqa: E402
+
 from nfhiql_core import cli  # noqa: E402
 from nfhiql_core.bags.bag2data import bag2data, typestore  # noqa: E402
-from recipes import write_recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "config" / "bags" / "pointmaze-sim.yaml"

@@ -9,17 +9,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from bundle_helpers import KINDS, MAZE, bundle_copy, exported, fitted_agent
 
 import nfhiql_core.deploy.runtime as runtime_module
-from bundle_helpers import KINDS, MAZE, bundle_copy, exported, fitted_agent
 from nfhiql_core.algo.agent import TorchPolicy
 from nfhiql_core.bench.inference import bench_inference
-from nfhiql_core.deploy.bundle import BundleError, sealed
 from nfhiql_core.checksums import sha256_file
+from nfhiql_core.deploy.bundle import BundleError, sealed
+from nfhiql_core.deploy.runtime import BundlePolicy, InputShapeError, NonFiniteOutputError, PolicyRuntime, ProviderError
 from nfhiql_core.evaluation.bundle_eval import evaluate_bundle, replan_table
 from nfhiql_core.evaluation.protocol import evaluate
-from nfhiql_core.deploy.runtime import (BundlePolicy, InputShapeError, NonFiniteOutputError, PolicyRuntime,
-                                 ProviderError)
 
 CPU = ["CPUExecutionProvider"]
 NO_CUDA = "CUDAExecutionProvider" not in ort.get_available_providers()

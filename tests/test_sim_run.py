@@ -96,4 +96,5 @@ def test_per_task_success_keeps_first_seen_order() -> None:
 
 def test_module_imports_neither_rclpy_nor_ogbench() -> None:
     code = "import sys, nfhiql_ros.sim_run; print(sorted({'rclpy', 'ogbench', 'mujoco'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

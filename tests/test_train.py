@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from recipes import make_dataset, write_recipe
 
 import nfhiql_core.training.train as train_module
-from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.checksums import sha256_file
-from recipes import make_dataset, write_recipe
-from nfhiql_core.errors import DatasetError, ConfigError, OutputExistsError
+from nfhiql_core.errors import ConfigError, DatasetError, OutputExistsError
+from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.training.metrics import read_csv
 from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config, train
 

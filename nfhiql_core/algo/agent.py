@@ -196,7 +196,8 @@ class HIQLAgent(nn.Module):
 
     # --------------------------------------------------------------- inference
     @torch.no_grad()
-    def plan(self, observations: torch.Tensor, goals: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan(self, observations: torch.Tensor, goals: torch.Tensor,
+             z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """High level: subgoal (length-normalised in rep space) and the flow's log-likelihood of it."""
         subgoals, log_prob = self.high_actor.sample_with_log_prob(torch.cat([observations, goals], -1), z)
         if self.config.subgoal_space == "rep":
@@ -204,7 +205,8 @@ class HIQLAgent(nn.Module):
         return subgoals, log_prob
 
     @torch.no_grad()
-    def act(self, observations: torch.Tensor, subgoals: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def act(self, observations: torch.Tensor, subgoals: torch.Tensor,
+            z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Low level: action clipped to [−1, 1] and the log-likelihood of the unclipped sample."""
         actions, log_prob = self.low_actor.sample_with_log_prob(torch.cat([observations, subgoals], -1), z)
         return actions.clamp(-1.0, 1.0), log_prob

@@ -29,11 +29,11 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from nfhiql_core.analysis.plots import pyplot, save_figure
 from nfhiql_core.atomic_io import atomic_open, save_json
 from nfhiql_core.config import from_dict, load_yaml, to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.training.metrics import read_csv
-from nfhiql_core.analysis.plots import pyplot, save_figure
 from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config
 
 RESULT_NAME = "result.json"

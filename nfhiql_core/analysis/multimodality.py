@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 from nfhiql_core.algo.agent import HIQLAgent
+from nfhiql_core.analysis.plots import pyplot, save_figure
 from nfhiql_core.atomic_io import ensure_writable, save_json
-from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.data.dataset import Dataset, load_dataset
 from nfhiql_core.errors import NfhiqlError
-from nfhiql_core.analysis.plots import pyplot, save_figure
+from nfhiql_core.training.checkpoint import load_checkpoint
 
 POLICIES = ("flow", "gaussian")
 DECODE_POOL = 10_000

@@ -36,11 +36,11 @@ from tqdm import tqdm
 from nfhiql_core.atomic_io import ensure_writable, save_json
 from nfhiql_core.bags.extract import ExtractError, deserializer, make_decoder, one_line, stamp_getter, value_fields
 from nfhiql_core.bags.spec import QUATERNION, BagSpec, FieldSpec, load_spec
+from nfhiql_core.bags.spill import SpillArray, write_npz
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import to_dict
-from nfhiql_core.errors import BagError
-from nfhiql_core.bags.spill import SpillArray, write_npz
 from nfhiql_core.data.dataset import Dataset
+from nfhiql_core.errors import BagError
 
 BLOCK_ROWS = 1024  # grid rows resampled at a time
 SIDECAR_SUFFIX = ".json"  # OUT.npz → OUT.npz.json

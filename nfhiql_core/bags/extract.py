@@ -18,8 +18,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nfhiql_core.bags.spec import (JOINT_STATE, JOINT_TRAJECTORY, KINDS, POSE_STAMPED, QUATERNION, TRANSFORM_STAMPED,
-                                  TWIST_STAMPED, FieldSpec)
+from nfhiql_core.bags.spec import (
+    JOINT_STATE,
+    JOINT_TRAJECTORY,
+    KINDS,
+    POSE_STAMPED,
+    QUATERNION,
+    TRANSFORM_STAMPED,
+    TWIST_STAMPED,
+    FieldSpec,
+)
 
 Decoder = Callable[[bytes], "tuple[int, np.ndarray]"]  # raw CDR → (header stamp ns or 0, values)
 Deserialize = Callable[[bytes, str], Any]  # rosbags' (raw, msgtype) → message

@@ -16,9 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import resource
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -158,7 +158,8 @@ def bench_bag2data(sizes: Sequence[int] = (250_000, 1_000_000), storage: str = "
     finally:
         shutil.rmtree(root)
     print(f"bag2data: {storage}{'' if compression == 'none' else ' + zstd ' + compression}, a fresh process per "
-          f"bag, {', '.join(f'{t} {r} Hz' for t, r in RATES_HZ.items())} → 21-D obs / 6-D action at {CONTROL_RATE_HZ:g} Hz")
+          f"bag, {', '.join(f'{t} {r} Hz' for t, r in RATES_HZ.items())} → 21-D obs / 6-D action at "
+          f"{CONTROL_RATE_HZ:g} Hz")
     print(f"{'messages':>10} {'bag MB':>8} {'seconds':>8} {'messages/s':>11} {'rows':>8} {'episodes':>8} "
           f"{'RSS before MB':>13} {'peak RSS MB':>11}")  # peak: during the conversion
     for r in rows:

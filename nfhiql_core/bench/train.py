@@ -13,8 +13,8 @@ import torch
 
 from nfhiql_core.algo.agent import HIQLAgent
 from nfhiql_core.data.dataset import Dataset, load_dataset
-from nfhiql_core.errors import DatasetError
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
+from nfhiql_core.errors import DatasetError
 from nfhiql_core.training.train import TrainConfig, load_train_config, resolve_device
 
 # OGBench's JAX HIQL (impls/main.py) at full size on a 2-core machine of this project's kind

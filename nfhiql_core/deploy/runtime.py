@@ -24,9 +24,16 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from nfhiql_core.deploy.bundle import (LEVELS, BundleError, BundleMetadata, ModelInfo, check_dims, expected_shapes,
-                                       load_bundle)
 from nfhiql_core.control.replan import ReplanSchedule
+from nfhiql_core.deploy.bundle import (
+    LEVELS,
+    BundleError,
+    BundleMetadata,
+    ModelInfo,
+    check_dims,
+    expected_shapes,
+    load_bundle,
+)
 from nfhiql_core.errors import NfhiqlError
 
 log = logging.getLogger(__name__)
@@ -249,7 +256,8 @@ class BundlePolicy:
             if i not in self.schedules:
                 self.schedules[i] = ReplanSchedule(self.replan_every)
                 self.schedules[i].reset()
-        due = [row for row, i in enumerate(slots) if self.schedules[i].observe(self.schedules[i].count)[0]]  # stamp: the step index
+        # stamps here: each env's step index
+        due = [row for row, i in enumerate(slots) if self.schedules[i].observe(self.schedules[i].count)[0]]
         if due:
             subgoals = self.runtime.plan(observations[due], goals[due]).subgoal
             for row, subgoal in zip(due, subgoals):

@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from nfhiql_core.deploy.bundle import BundleError, check_dims
+from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
 from nfhiql_core.evaluation.episodes import make_env, quiet_gymnasium
 from nfhiql_core.evaluation.protocol import EvalResult, evaluate
-from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
 
 
 @quiet_gymnasium()

@@ -13,10 +13,10 @@ from typing import Iterator
 
 import gymnasium
 import numpy as np
-import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 import ogbench
 from gymnasium.utils import seeding
 
+import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 from nfhiql_core.errors import ConfigError
 
 EPISODE_SEEDS, VIDEO_SEEDS = 0, 1  # seed-derivation purposes: counted episodes vs video episodes

@@ -23,9 +23,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nfhiql_core.atomic_io import atomic_open, save_json
-from nfhiql_core.evaluation.episodes import (VIDEO_SEEDS, Episode, EpisodeRecord, canonical_env_name, episode_seed,
-                                             make_env, quiet_gymnasium)
 from nfhiql_core.errors import ConfigError, NfhiqlError
+from nfhiql_core.evaluation.episodes import (
+    VIDEO_SEEDS,
+    Episode,
+    EpisodeRecord,
+    canonical_env_name,
+    episode_seed,
+    make_env,
+    quiet_gymnasium,
+)
 
 VIDEO_FRAME_SKIP = 3  # render every 3rd step, like OGBench's `video_frame_skip`
 VIDEO_FPS = 15

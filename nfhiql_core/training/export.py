@@ -43,17 +43,17 @@ from torch import nn
 
 import nfhiql_core
 from nfhiql_core.algo.agent import HIQLAgent
+from nfhiql_core.algo.networks import length_normalize
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sealed
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.data.dataset import load_dataset
-from nfhiql_core.errors import NfhiqlError, OutputExistsError
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
-from nfhiql_core.algo.networks import length_normalize
+from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sealed
 from nfhiql_core.deploy.runtime import LevelSession
+from nfhiql_core.errors import NfhiqlError, OutputExistsError
 from nfhiql_core.evaluation.names import component_names
+from nfhiql_core.training.checkpoint import load_checkpoint
 
 OPSET = 18
 PARITY_ATOL = 1e-5

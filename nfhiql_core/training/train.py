@@ -16,12 +16,12 @@ from tqdm import tqdm
 
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
 from nfhiql_core.data.dataset import load_dataset
-from nfhiql_core.errors import ConfigError, OutputExistsError
 from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
+from nfhiql_core.errors import ConfigError, OutputExistsError
+from nfhiql_core.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from nfhiql_core.training.metrics import MetricsLogger
 
 CHECKPOINT_NAME = "checkpoint.pt"

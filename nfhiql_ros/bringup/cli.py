@@ -27,8 +27,7 @@ from typing import Any, Sequence
 
 from nfhiql_ros import stack as stack_mod
 from nfhiql_ros.bringup.monitor import SPIN_S, Monitor
-from nfhiql_ros.bringup.run_report import (ReportError, build_report, format_report,
-                                           read_node_report, report_path)
+from nfhiql_ros.bringup.run_report import ReportError, build_report, format_report, read_node_report, report_path
 from nfhiql_ros.bringup.supervisor import GRACE_S, Child, Signals, Supervisor
 from nfhiql_ros.contract import SimParams
 

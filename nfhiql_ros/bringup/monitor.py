@@ -5,8 +5,14 @@ import time
 from collections import defaultdict
 
 from nfhiql_ros.bringup.supervisor import SPIN_S
-from nfhiql_ros.contract import (DIAGNOSTICS_TOPIC, EPISODE_STATUS, EPISODE_TOPIC, OBSERVATION_TOPIC,
-                                 SUBGOAL_TOPIC, SUMMARY_STATUS)
+from nfhiql_ros.contract import (
+    DIAGNOSTICS_TOPIC,
+    EPISODE_STATUS,
+    EPISODE_TOPIC,
+    OBSERVATION_TOPIC,
+    SUBGOAL_TOPIC,
+    SUMMARY_STATUS,
+)
 
 Status = tuple[float, int, str, dict[str, str]]  # (receipt time, level, message, values)
 
