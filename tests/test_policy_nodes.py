@@ -493,7 +493,7 @@ def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, 
     assert "OOD alarm will be off" in caplog.text
     with pytest.raises(DatasetError):  # a dataset named explicitly must load
         _ood_metadata(config, runtime.levels, agent, missing)
-    old = tmp_path / "old-bundle"  # bundles from before the alarm have no such key
+    old = tmp_path / "old-bundle"  # a bundle exported without its dataset has no thresholds
     old.mkdir()
     for f in bundle.iterdir():
         (old / f.name).write_bytes(f.read_bytes())

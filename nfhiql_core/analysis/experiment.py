@@ -187,7 +187,7 @@ def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
 
 
 def _dataset_sha256(run_dir: Path) -> str | None:
-    """The sha256 of the dataset file the run trained on, where the run recorded it (runs since 2026-12-02)."""
+    """The sha256 of the dataset file the run trained on, where the run recorded it (older runs did not)."""
     record = run_dir / DATASET_RECORD
     return json.loads(record.read_text())["sha256"] if record.exists() else None
 

@@ -111,7 +111,7 @@ class BundleMetadata:
     parity: ParityReport
     versions: dict[str, str]
     training_config: dict[str, Any]
-    ood_log_likelihood: dict[str, Any] | None = None  # absent in bundles from before the OOD alarm
+    ood_log_likelihood: dict[str, Any] | None = None  # None: exported without its dataset (no alarm)
 
     def model(self, level: str) -> ModelInfo:
         """The ModelInfo of level 'high' or 'low'."""

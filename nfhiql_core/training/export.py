@@ -1,26 +1,9 @@
-"""`nfhiql export`: checkpoint → self-verified policy bundle (see `nfhiql_core.deploy.bundle` for the layout).
+"""`nfhiql export`: checkpoint → self-verified policy bundle (layout: `nfhiql_core.deploy.bundle`).
 
-The two levels are exported in the sampling direction only, with the noise z as an input and a
-dynamic batch dimension, by torch's dynamo exporter as single-file models (`external_data=False`;
-the legacy TorchScript exporter cannot export the flow's `torch.diag`). Before anything is
-published, ONNX Runtime (CPU) is checked against torch on the same inputs (batch 1, 7, 64;
-z = 0 and z ~ N(0, I)); the bundle is built in a temporary directory beside the target and renamed
-into place only if, for every output, max |ORT − torch| ≤ atol + 2 · max |torch − torch float64|,
-so a failed export writes nothing. The second term is float32's own rounding error on those inputs:
-tiny for small nets (the check is then the plain 1e-5), but on a trained pointmaze high level torch
-float32 itself is up to ~1e-5 away from float64 on the log-likelihood, where a bare 1e-5 would
-reject correct exports at random.
-
-The high-level graph includes the rep-space length normalisation (as `HIQLAgent.plan`); the
-low-level graph outputs the raw action: the runtime clips it to the bundle's bounds.
-
-Out-of-distribution thresholds (`ood_log_likelihood` in bundle.json): with the checkpoint's training
-dataset at hand, the exported models score their own z = 0 outputs on a sample of dataset states,
-the high level on (s, a goal drawn as the high-level actor's training goals are) and the low level
-on (s, its own subgoal); the 1st percentile of each level's log-likelihood is stored. The flow
-controller raises an alarm when a live log-likelihood falls below it. A Gaussian policy has a
-log-likelihood too, but only a flow's is an exact density of multimodal data. Without the
-dataset the thresholds are null (with a warning) and the alarm is off.
+Both levels are exported in the sampling direction (noise z as an input, dynamic batch), checked
+against torch with ONNX Runtime before anything is published (a failed export writes nothing), and
+the bundle gets out-of-distribution thresholds from the training dataset when it is at hand. Why
+each of these is done the way it is: docs/design/export.md.
 """
 from __future__ import annotations
 
