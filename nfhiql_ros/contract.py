@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from nfhiql_core.deploy import DEFAULT_PROVIDERS
 from nfhiql_core.errors import ConfigError
 
 # ---- topics (relative names: a namespace moves them all)
@@ -35,7 +36,6 @@ OUTPUTS = ("sim", "forward", "servo_twist")  # the controller's command outputs
 SAFE_COMMANDS = ("zero", "hold")
 OOD_ACTIONS = ("warn", "safe_stop")
 EXECUTORS = ("single_threaded", "events")
-DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 # ---- node parameters

@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nfhiql_core.control.replan import ReplanSchedule
+from nfhiql_core.deploy import DEFAULT_PROVIDERS
 from nfhiql_core.deploy.bundle import (
     LEVELS,
     BundleError,
@@ -38,7 +39,6 @@ from nfhiql_core.errors import NfhiqlError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class ProviderError(NfhiqlError, RuntimeError):
