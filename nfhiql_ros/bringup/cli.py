@@ -218,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           file=sys.stderr, flush=True)
                 break
             dead = dead_node()
+            if dead is not None and sim and dead.name == "mujoco_sim":
+                continue  # it exited since the check above: the sim's own branch judges its run
             if dead is not None:
                 failed = dead.name
                 print(f"nfhiql-bringup: {failed} exited with status {dead.proc.returncode} during the run",
