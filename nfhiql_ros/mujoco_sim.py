@@ -44,7 +44,7 @@ from nfhiql_ros.contract import (
 )
 from nfhiql_ros.diagnostics import OK, WARN, status_array
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
-from nfhiql_ros.sim_run import SimRun, summary_line
+from nfhiql_ros.sim_run import SimClock, SimRun, summary_line
 
 # Episode results: RELIABLE, deep enough that a slow subscriber misses none of a run's statuses.
 STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -117,7 +117,7 @@ class MujocoSim(Node):
             Float64MultiArray, SIM_FORWARD_TOPIC, self._on_forward_command, COMMAND_SUB_QOS)
 
         self.episode: Episode | None = None
-        self.last_stamp = 0
+        self.clock = SimClock(self.lockstep, self.period_s)
         self.last_step_ns = 0
         self.t_created_ns = self._now_ns()
         self.t_started_ns = 0
@@ -138,9 +138,8 @@ class MujocoSim(Node):
         return self.get_clock().now().nanoseconds
 
     def _stamp(self) -> int:
-        """The clock now, but strictly after every earlier stamp (the contract's unique stamps)."""
-        self.last_stamp = max(self._now_ns(), self.last_stamp + 1)
-        return self.last_stamp
+        """The stamp of the episode's current state (`SimClock`: unique, simulation time in lockstep)."""
+        return self.clock.step(self._now_ns(), self.episode.record.length)
 
     # --- start-up ----------------------------------------------------------------------------
     def _controller_connected(self) -> bool:
@@ -252,7 +251,9 @@ class MujocoSim(Node):
         task_id, ep = job
         self.episode = Episode(self.env, task_id, ep, episode_seed(self.p.seed, task_id, ep))
         self.last_step_ns = self._now_ns()
-        self.goal_pub.publish(ros_io.vector_msg(self.episode.goal, self.obs_names, self._stamp(), self.p.frame_id))
+        self.clock.start_episode()
+        goal_stamp = self.clock.now(self._now_ns())
+        self.goal_pub.publish(ros_io.vector_msg(self.episode.goal, self.obs_names, goal_stamp, self.p.frame_id))
         # The goal must reach every subscriber before the episode's first observation: planner and
         # controller count observations from the goal (lockstep contract).
         if not self.goal_pub.wait_for_all_acked(Duration(seconds=GOAL_ACK_TIMEOUT_S)):

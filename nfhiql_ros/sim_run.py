@@ -101,6 +101,38 @@ class DeadlineCounter:
             self.missed += 1
 
 
+class SimClock:
+    """The sim's stamps: unique and increasing; in lockstep, simulation time on the wall clock.
+
+    Realtime: the clock now. Lockstep: the k-th observation of an episode is stamped with the
+    episode's start plus k control periods (the instant it stands for), but never later than now,
+    so a run faster than real time stamps the clock and no stamp is ever in the future. A paced
+    lockstep run (the teleop) so gets stamps exactly on its schedule, however late each step is.
+    """
+
+    def __init__(self, lockstep: bool, period_s: float) -> None:
+        self.lockstep, self.period_ns = lockstep, round(period_s * 1e9)
+        self.last = 0
+        self.origin: int | None = None
+
+    def start_episode(self) -> None:
+        """The next `step` stamp is the new episode's origin."""
+        self.origin = None
+
+    def now(self, now_ns: int) -> int:
+        """A stamp of now (the goal, realtime states)."""
+        self.last = max(now_ns, self.last + 1)
+        return self.last
+
+    def step(self, now_ns: int, step: int) -> int:
+        """The stamp of the episode's `step`-th state."""
+        if not self.lockstep:
+            return self.now(now_ns)
+        if self.origin is None:
+            self.origin = max(now_ns, self.last + 1)
+        return self.now(min(now_ns, self.origin + step * self.period_ns))
+
+
 class SimRun:
     """The episode queue, the command decisions and the counters of one sim run.
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from nfhiql_core.evaluation.episodes import EpisodeRecord
-from nfhiql_ros.sim_run import DeadlineCounter, SimRun, per_task_success, summary_line
+from nfhiql_ros.sim_run import DeadlineCounter, SimClock, SimRun, per_task_success, summary_line
 
 A = np.array([0.5, -0.5])
 
@@ -88,6 +88,34 @@ def test_report_without_steps_has_no_latency_and_no_mean() -> None:
     r = SimRun("realtime", (1,), 1, 0.5, 0.05).report("x", 0.0)
     assert r["latency_ms_p50"] is None and r["mean_success"] is None and r["missed_deadlines"] == 0
     assert "success - ()" in summary_line(r) and "missed deadlines 0 (period 0.05 s)" in summary_line(r)
+
+
+def test_lockstep_stamps_are_the_schedule_however_late_each_step_is() -> None:
+    """A paced lockstep run (the teleop) stamps every state on its schedule: a step served 0.9 periods
+    late (a loaded machine) still gets the stamp of its tick, which is what bag2data's grid expects."""
+    clock = SimClock(lockstep=True, period_s=0.05)
+    goal = clock.now(1_000)
+    clock.start_episode()
+    origin = clock.step(2_000, 0)
+    lateness = [0, 3, 45, 1, 30, 49]  # ms after each tick
+    stamps = [clock.step(origin + k * 50_000_000 + ms * 1_000_000, k) for k, ms in enumerate(lateness)]
+    assert goal < origin and stamps[0] == origin + 1  # unique: the origin was already stamped
+    assert np.diff(stamps[1:]).tolist() == [50_000_000] * 4
+
+
+def test_lockstep_faster_than_real_time_stamps_the_clock_never_the_future() -> None:
+    clock = SimClock(lockstep=True, period_s=0.05)
+    clock.start_episode()
+    nows = [10_000_000 + k * 4_000_000 for k in range(6)]  # 250 Hz: far ahead of the 20 Hz schedule
+    stamps = [clock.step(now, k) for k, now in enumerate(nows)]
+    assert stamps == nows
+    clock.start_episode()  # the next episode starts from its own first state, after every stamp
+    assert clock.step(nows[-1], 0) == nows[-1] + 1
+
+
+def test_realtime_stamps_are_the_clock_and_unique() -> None:
+    clock = SimClock(lockstep=False, period_s=0.05)
+    assert [clock.step(t, k) for k, t in enumerate([5, 9, 9, 7])] == [5, 9, 10, 11]
 
 
 def test_per_task_success_keeps_first_seen_order() -> None:
