@@ -105,7 +105,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     """Run (or resume) training; returns the path of the final checkpoint."""
     run_dir = Path(config.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    replace = _check_run_dir(run_dir, resume, force)
+    replace = check_run_dir(run_dir, resume, force)
     loop = config.train
     if loop.threads > 0:
         torch.set_num_threads(loop.threads)
@@ -117,7 +117,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
     torch.manual_seed(config.seed)
     agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
-    _prepare_run_dir(run_dir, replace)
+    prepare_run_dir(run_dir, replace)
     rng = np.random.default_rng(config.seed)
     start = 0
     data_record = {"path": dataset.source, "sha256": sha256_file(dataset.source)}
@@ -156,7 +156,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     return ckpt_path
 
 
-def _check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
+def check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
     """Whether an existing run is to be replaced; refuses a non-empty run_dir without --resume/--force."""
     if resume and force:
         raise ConfigError("--resume and --force are mutually exclusive")
@@ -167,7 +167,7 @@ def _check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
     return occupied and force
 
 
-def _prepare_run_dir(run_dir: Path, replace: bool) -> None:
+def prepare_run_dir(run_dir: Path, replace: bool) -> None:
     """Remove the run being replaced (once the new one can start), create run_dir, clear torn writes."""
     if replace:
         shutil.rmtree(run_dir)
