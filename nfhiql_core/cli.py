@@ -1,4 +1,4 @@
-"""`nfhiql` command line: one verb per job (datagen, bag2data, train, eval, export, experiment, plot, modes,
+"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, train, eval, export, experiment, plot, modes,
 bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
 from __future__ import annotations
 
@@ -17,10 +17,20 @@ if TYPE_CHECKING:
 def _datagen(args: argparse.Namespace) -> None:
     from nfhiql_core.data.datagen import generate_dataset
 
+    check = {"min_goal_rate": None} if args.allow_weak_expert else (
+        {} if args.min_goal_rate is None else {"min_goal_rate": args.min_goal_rate})
     path = generate_dataset(args.env, args.episodes, args.seed, args.output, workers=args.workers,
                             max_episode_steps=args.max_episode_steps, noise=args.noise,
-                            dataset_type=args.dataset_type, force=args.force, progress=not args.quiet)
+                            dataset_type=args.dataset_type, expert=args.expert, force=args.force,
+                            progress=not args.quiet, **check)
     print(f"wrote {path}")
+
+
+def _expert_ant(args: argparse.Namespace) -> None:
+    from nfhiql_core.training.expert import load_expert_config, train_expert
+
+    config = load_expert_config(args.config, args.overrides)
+    print(f"expert: {train_expert(config, resume=args.resume, force=args.force, progress=not args.quiet)}")
 
 
 def _bag2data(args: argparse.Namespace) -> None:
@@ -168,9 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episode-steps", type=int, default=None, help="default: OGBench's for the dataset")
     p.add_argument("--noise", type=float, default=None, help="default: OGBench's for the dataset")
     p.add_argument("--dataset-type", default=None, help="default: from the name (navigate/stitch/play)")
+    p.add_argument("--expert", default=None, help="antmaze: the directional ant expert (from `nfhiql expert ant`)")
+    p.add_argument("--min-goal-rate", type=float, default=None,
+                   help="antmaze: refuse the expert if fewer of the first episodes reach a goal "
+                        "(default: datagen.DEFAULT_MIN_GOAL_RATE; see docs/design/ant-expert.md)")
+    p.add_argument("--allow-weak-expert", action="store_true", help="antmaze: skip that check (tests, debugging)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_datagen)
+
+    p = sub.add_parser("expert", help="train the scripted experts some datasets are generated with")
+    experts = p.add_subparsers(dest="expert", required=True)
+    e = experts.add_parser("ant", help="SAC on OGBench's directional ant (online-ant-xy-v0), for the antmaze datasets")
+    e.add_argument("--config", required=True, help="e.g. config/expert/ant-xy.yaml")
+    e.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
+    e.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
+    e.add_argument("--force", action="store_true", help="delete a non-empty run_dir and start over")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_expert_ant)
 
     p = sub.add_parser("bag2data", help="rosbag2 recordings → an OGBench-format dataset (see config/bags/)")
     p.add_argument("bags", nargs="+", help="rosbag2 directories or .mcap/.db3 files (mcap, sqlite3, zstd or not)")
@@ -298,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nfhiql` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and args.command in ("train", "expert") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra  # key=value overrides placed after later options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
