@@ -80,6 +80,34 @@ def test_grid_recipe_without_env_is_rejected(tmp_path):
         grid_cells(load_experiment_config(path))
 
 
+def with_variant(path: Path, **variant) -> Path:
+    """Add a second row to the grid at `path`: the first task's recipe with one more override."""
+    grid = yaml.safe_load(path.read_text())
+    base = grid["tasks"][0]
+    grid["tasks"].append({**base, "name": "variant", "overrides": [*base["overrides"], "agent.expectile=0.8"],
+                          **variant})
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def test_rows_are_recipe_variants_with_their_own_policies(tmp_path):
+    config = load_experiment_config(with_variant(write_grid(tmp_path), policies=["flow"]))
+    cells = grid_cells(config)
+    assert [(c.task, c.policy) for c in cells] == [(TASK, "flow"), (TASK, "gaussian"), ("variant", "flow")]
+    assert cells[2].recipe.agent.expectile == 0.8 and cells[0].recipe.agent.expectile == 0.7
+    fake_run(cells[2], [0.4, 0.6])
+    report = write_report(config)
+    assert [(g["task"], g["policy"]) for g in report["groups"]] == [(TASK, "flow"), (TASK, "gaussian"),
+                                                                     ("variant", "flow")]
+    table = (Path(config.output_dir) / "results.md").read_text()
+    assert "| variant | 1 | 50.0 | n/a |" in table and f"| {TASK} | 1 | — | — |" in table
+
+    path = with_variant(write_grid(tmp_path), policies=["diffusion"])
+    with pytest.raises(ConfigError, match=r"tasks\[variant\].policies: 'diffusion' is not one of") as e:
+        load_experiment_config(path)
+    assert "\n" not in str(e.value)
+
+
 def fake_run(cell, successes: list[float], wall_per_row: float = 2.0) -> None:
     """Write the metrics a finished run leaves (eval.csv, train.csv) and score it."""
     metrics = MetricsLogger(cell.run_dir)
@@ -227,6 +255,14 @@ def test_adopting_a_snapshot_counts_matching_runs_only(tmp_path):
 
     # The curve figure of adopted runs comes from the curve their result carries (no eval.csv here).
     assert _curve(fresh_cells["flow", 0], result) == result["curve"]
+
+    # A run scored before knobs were added (its agent and budget lack them) is adopted: they are at their defaults.
+    older = json.loads(snapshot.read_text())
+    run = older["runs"][fresh_cells["gaussian", 1].key] = dict(older["runs"][fresh_cells["flow", 0].key])
+    del run["agent"]["policy_ema"], run["agent"]["lr_schedule"], run["eval_subgoal_candidates"]
+    run["agent"]["policy"] = "gaussian"
+    snapshot.write_text(json.dumps(older))
+    assert adopt_results(fresh, snapshot) == [fresh_cells["gaussian", 1].key]
 
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
