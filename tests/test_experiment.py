@@ -2,6 +2,7 @@
 and a real tiny grid (subprocess training + pointmaze evaluation) that resumes where it stopped."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from nfhiql_core.analysis.experiment import (
 )
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.cli import main
+from nfhiql_core.config import to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.training.metrics import MetricsLogger, read_csv
 
@@ -269,3 +271,38 @@ def test_adopting_a_snapshot_counts_matching_runs_only(tmp_path):
     with pytest.raises(NfhiqlError, match="bad.json: not a results.json") as e:
         adopt_results(fresh, bad)
     assert "\n" not in str(e.value)
+
+
+def test_shipped_recipe_ablation_changes_one_thing_per_row(tmp_path, monkeypatch):
+    """config/experiments/recipe-ablation.yaml: every recipe validates, each row changes what its name says on
+    the same budget, and the baseline row takes cpu-grid's finished cube runs."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the grid names its recipes relative to the repository
+    config = load_experiment_config("config/experiments/recipe-ablation.yaml")
+    cells = grid_cells(config)
+    agents = {c.task: to_dict(c.recipe.agent) for c in cells if c.policy == "flow"}
+    base = agents["cube-single-play"]
+
+    def changed(task: str) -> set[str]:
+        return {k for k, v in agents[task].items() if v != base[k]}
+
+    schedule = {"lr_schedule", "lr_warmup_steps", "lr_final_fraction", "optimizer", "weight_decay"}
+    flow = {"flow_blocks", "flow_hidden_dims", "flow_cond_hidden_dims", "flow_cond_activation"}
+    state = {"subgoal_space", "subgoal_steps"}
+    assert changed("cube-cosine-adamw") == schedule and changed("cube-ema") == {"policy_ema"}
+    assert changed("cube-bigger-flow") == flow and changed("cube-state-subgoals") == state
+    assert changed("cube-v2") == schedule | {"policy_ema"} | flow
+    assert changed("cube-v2-state-subgoals") == schedule | {"policy_ema"} | flow | state
+    for task in agents:
+        assert {k: v for k, v in agents[task].items() if k in changed(task)} == \
+            {k: agents["cube-v2-state-subgoals"][k] for k in changed(task)}  # the same value in every row
+    assert {(c.recipe.train.steps, c.recipe.train.batch_size, c.recipe.train.eval_interval, c.recipe.train.eval_start,
+             c.recipe.train.eval_episodes, c.recipe.train.eval_subgoal_candidates) for c in cells} == \
+           {(40000, 256, 4000, 32000, 50, 1)}
+    assert {c.task for c in cells if c.policy == "gaussian"} == {"cube-single-play", "cube-v2"}
+    assert len(cells) == 27
+
+    moved = dataclasses.replace(config, output_dir=str(tmp_path / "grid"))
+    adopted = adopt_results(moved, root / "docs" / "experiments" / "cpu-grid" / "results.json")
+    assert sorted(adopted) == sorted(f"cube-single-play/{p}-frac1-seed{s}" for p in ("flow", "gaussian")
+                                     for s in (0, 1, 2))
