@@ -51,7 +51,7 @@ class AgentConfig:
     lr_warmup_steps: int = 0  # linear warm-up of the learning rate from 0 over this many steps (either schedule)
     lr_final_fraction: float = 0.0  # cosine: the learning rate at the last training step, as a fraction of lr
     optimizer: str = "adam"  # adam (weight_decay: L2 added to the gradient) | adamw (decoupled weight decay)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # weight-decay coefficient of the optimizer (0 = none)
     policy_ema: float = 0.0  # decay of EMA copies of both policies that evaluation and export use; 0 = off
     actor_hidden_dims: tuple[int, ...] = (512, 512, 512)
     value_hidden_dims: tuple[int, ...] = (512, 512, 512)
