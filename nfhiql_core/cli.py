@@ -57,6 +57,8 @@ def _eval(args: argparse.Namespace) -> None:
     from nfhiql_core.training.train import resolve_device
 
     if Path(args.checkpoint).is_dir():
+        if args.subgoal_candidates is not None:
+            raise NfhiqlError("--subgoal-candidates: checkpoints only (value-guided subgoals are not in bundles)")
         return _eval_bundle(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -65,9 +67,12 @@ def _eval(args: argparse.Namespace) -> None:
     if not env:
         raise NfhiqlError(f"{args.checkpoint}: no env recorded in the checkpoint; pass --env")
     agent = ckpt.build_agent(device).eval()
-    result = evaluate(TorchPolicy(agent, args.temperature, args.seed), env, episodes_per_task=args.episodes,
-                      seed=args.seed, num_envs=args.num_envs, video_path=args.video, progress=not args.quiet)
-    _report_eval(args, result, ckpt.step)
+    candidates = (ckpt.config.get("train", {}).get("eval_subgoal_candidates", 1) if args.subgoal_candidates is None
+                  else args.subgoal_candidates)
+    result = evaluate(TorchPolicy(agent, args.temperature, args.seed, candidates), env,
+                      episodes_per_task=args.episodes, seed=args.seed, num_envs=args.num_envs, video_path=args.video,
+                      progress=not args.quiet)
+    _report_eval(args, result, ckpt.step, subgoal_candidates=candidates)
 
 
 def _eval_bundle(args: argparse.Namespace) -> None:
@@ -222,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-envs", type=int, default=None, help="envs stepped in lockstep (default: episodes)")
     p.add_argument("--temperature", type=float, default=0.0, help="policy noise scale (0 = deterministic)")
+    p.add_argument("--subgoal-candidates", type=int, default=None,
+                   help="checkpoints: subgoal = the best by V of z = 0 and N-1 samples (state subgoals only; "
+                        "default: the recipe's train.eval_subgoal_candidates)")
     p.add_argument("--json", default=None, help="write the full result (per episode) here")
     p.add_argument("--video", default=None, help="render one extra task-1 episode to this .gif/.mp4")
     p.add_argument("--device", default="cpu")

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+
 
 class MLP(nn.Module):
     """Linear → activation → (LayerNorm) on every hidden layer; the last layer is linear unless
