@@ -143,7 +143,8 @@ def _experiment(args: argparse.Namespace) -> None:
     for report_path in args.adopt:
         adopted = adopt_results(config, report_path)
         print(f"adopted {len(adopted)} finished run(s) from {report_path}")
-    report = write_report(config) if args.report_only else run_experiment(config, args.jobs, not args.quiet)
+    report = (write_report(config) if args.report_only
+              else run_experiment(config, args.jobs, not args.quiet, tasks=args.tasks))
     out = Path(config.output_dir)
     print((out / "results.md").read_text())
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'curves.png'}, {out / 'data_fraction.png'} "
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="train and evaluate a grid (task × policy × data fraction × seed); resumable")
     p.add_argument("config", help="grid YAML, e.g. config/experiments/cpu-grid.yaml")
     p.add_argument("--jobs", type=int, default=None, help="runs trained at once (default: the config's)")
+    p.add_argument("--tasks", nargs="+", default=(), metavar="TASK",
+                   help="train only these tasks' runs, in this order (default: the whole grid)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and plots from finished runs")
     p.add_argument("--adopt", action="append", default=[], metavar="RESULTS_JSON",
                    help="count the runs of an earlier report (e.g. a committed snapshot) as finished where "

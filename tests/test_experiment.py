@@ -120,6 +120,12 @@ def fake_run(cell, successes: list[float], wall_per_row: float = 2.0) -> None:
     (cell.run_dir / RESULT_NAME).write_text(json.dumps(cell_result(cell, 2)))
 
 
+def test_training_only_some_tasks_names_unknown_ones(tmp_path):
+    config = load_experiment_config(with_variant(write_grid(tmp_path), policies=["flow"]))
+    with pytest.raises(ConfigError, match="no task named 'nope'"):
+        run_experiment(config, tasks=["nope"], progress=False)
+
+
 def test_report_aggregates_last_evaluations_over_seeds(tmp_path):
     config = load_experiment_config(write_grid(tmp_path, seeds=[0, 1, 2], data_fractions=[1.0, 0.1]))
     cells = {(c.policy, c.data_fraction, c.seed): c for c in grid_cells(config)}

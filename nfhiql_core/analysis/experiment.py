@@ -129,9 +129,17 @@ def grid_cells(config: ExperimentConfig) -> list[Cell]:
     return cells
 
 
-def run_experiment(config: ExperimentConfig, jobs: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train every unfinished cell (`jobs` at a time), then write and return the report."""
+def run_experiment(config: ExperimentConfig, jobs: int | None = None, progress: bool = True,
+                   tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """Train every unfinished cell (`jobs` at a time; only those of `tasks` when given, in that order),
+    then write and return the report (of every finished cell)."""
     cells = grid_cells(config)
+    unknown = sorted(set(tasks) - {c.task for c in cells})
+    if unknown:
+        names = ', '.join(t.name for t in config.tasks)
+        raise ConfigError(f"experiment: no task named {unknown[0]!r} (tasks: {names})")
+    if tasks:
+        cells = sorted((c for c in cells if c.task in tasks), key=lambda c: list(tasks).index(c.task))
     todo = [c for c in cells if not (c.run_dir / RESULT_NAME).exists()]
     out = Path(config.output_dir)
     (out / "recipes").mkdir(parents=True, exist_ok=True)
