@@ -167,3 +167,18 @@ def test_every_shipped_robot_spec_loads() -> None:
     for path in sorted((REPO / "config" / "robots").glob("*.yaml")):
         spec = load_spec(path)
         assert spec.goal_fields and CommandEncoder(spec).dim == len(spec.action_names), path
+
+
+def test_a_quaternion_comes_through_with_its_own_sign(cube_messages) -> None:
+    """Live values are the message's own (the env reports MuJoCo's quaternion as it is); only
+    bag2data's linear interpolation aligns signs between messages."""
+    spec, _, messages = cube_messages
+    assembler = ObservationAssembler(spec, 100 * MS)
+    first = _feed(assembler, messages(10 * MS), 10 * MS)
+    flipped = messages(20 * MS)
+    q = flipped["/cube/pose"].pose.orientation
+    q.x, q.y, q.z, q.w = -q.x, -q.y, -q.z, -q.w
+    second = _feed(assembler, flipped, 20 * MS)
+    quat = slice(22, 26)  # cube_quat: w x y z
+    np.testing.assert_allclose(second.values[quat], -first.values[quat])
+    np.testing.assert_allclose(second.values[26:], first.values[26:])  # yaw does not care

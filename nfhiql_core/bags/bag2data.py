@@ -67,7 +67,8 @@ class _Stream:
     def __init__(self, index: int, topic: str, fields: list[FieldSpec], reader, spec: InterfaceSpec, tmpdir: Path):
         self.topic, self.msgtype, self.fields = topic, fields[0].type, fields
         header = spec.time_source == "header" and stamp_getter(reader.typestore.types[self.msgtype]) is not None
-        self.decode = make_decoder(fields, reader.typestore.types[self.msgtype], reader.deserialize, header)
+        self.decode = make_decoder(fields, reader.typestore.types[self.msgtype], reader.deserialize, header,
+                                   align_quaternions=spec.interpolation == "linear")
         self.stamp_field = "header.stamp" if header else "log time"
         dims = [f.raw_dim for f in fields]
         self.slices = [slice(a, a + d) for a, d in zip(np.cumsum([0] + dims[:-1]), dims)]

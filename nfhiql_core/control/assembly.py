@@ -56,7 +56,7 @@ class _Part:
                                      for i, f in enumerate(spec.observation) if f.topic == topic])
         raw_ends = np.cumsum([0] + [f.raw_dim for f in fields])
         self.raw_slices = [slice(int(a), int(b)) for a, b in zip(raw_ends[:-1], raw_ends[1:])]
-        self.names = [n for f in fields for n in f.element_names]
+        self.names = [n for f in fields for n in f.value_names]
         self.extract = message_extractor(fields)
         self.max_age_ns = spec.max_age_ns(topic)
         self.stream = Stream(topic, max_skew_ns)

@@ -102,16 +102,17 @@ def deserializer(deserialize: Deserialize, msgtype: str) -> Callable[[bytes], An
 
 
 def make_decoder(fields: Sequence[FieldSpec], message_class: type, deserialize: Deserialize,
-                 header_stamps: bool) -> Decoder:
+                 header_stamps: bool, align_quaternions: bool = False) -> Decoder:
     """The decoder for the fields of one topic (all of one message type).
 
     `header_stamps` False: the stamp is always reported as 0 (the caller uses log time).
+    `align_quaternions`: see `ComponentExtractor` (for interpolating between messages).
     """
     msgtype = fields[0].type
     decode = deserializer(deserialize, msgtype)
     if msgtype == JOINT_STATE:
         return JointStateDecoder(fields, decode, header_stamps)
-    extract = message_extractor(fields)
+    extract = message_extractor(fields, align_quaternions)
     stamp = stamp_getter(message_class) if header_stamps else None
 
     def decode_generic(raw: bytes) -> tuple[int, np.ndarray]:
@@ -121,7 +122,7 @@ def make_decoder(fields: Sequence[FieldSpec], message_class: type, deserialize: 
     return decode_generic
 
 
-def message_extractor(fields: Sequence[FieldSpec]) -> Callable[[Any], np.ndarray]:
+def message_extractor(fields: Sequence[FieldSpec], align_quaternions: bool = False) -> Callable[[Any], np.ndarray]:
     """Message object → the raw values of `fields` (all of one topic), concatenated in order."""
     msgtype = fields[0].type
     if msgtype == JOINT_STATE:
@@ -129,7 +130,7 @@ def message_extractor(fields: Sequence[FieldSpec]) -> Callable[[Any], np.ndarray
         return lambda msg: selector.select(tuple(msg.name), {a: msg_array(msg, a) for a in _JOINT_ARRAYS})
     kind = KINDS[msgtype]
     return (JointSelector(fields).from_trajectory if kind.by_joint_name
-            else ComponentExtractor(fields) if kind.components else ArrayExtractor(fields))
+            else ComponentExtractor(fields, align_quaternions) if kind.components else ArrayExtractor(fields))
 
 
 def msg_array(msg: Any, name: str) -> np.ndarray:
@@ -264,14 +265,15 @@ def _cdr_string_end(pos: int, text: str) -> int:
 
 
 class ComponentExtractor:
-    """Pose / transform / twist components. A pose's quaternion is sign-aligned with the
-    previous message's (q and -q are the same rotation) so rows stay continuous."""
+    """Pose / transform / twist / scalar components. With `align_quaternions` a pose's quaternion
+    is sign-aligned with the previous message's (q and -q are the same rotation), so values
+    interpolated between messages stay continuous; otherwise values are the message's own."""
 
-    def __init__(self, fields: Sequence[FieldSpec]):
+    def __init__(self, fields: Sequence[FieldSpec], align_quaternions: bool = False):
         paths = _COMPONENT_PATHS[fields[0].type]
         self.get = operator.attrgetter(*[paths[n] for f in fields for n in f.names])
         self.quaternions = [np.array([sl.start + f.names.index(c) for c in QUATERNION])
-                            for f, sl in zip(fields, _slices(fields)) if f.has_quaternion]
+                            for f, sl in zip(fields, _slices(fields)) if f.has_quaternion and align_quaternions]
         self.previous: list[np.ndarray | None] = [None] * len(self.quaternions)
         self.single = sum(f.raw_dim for f in fields) == 1
 

@@ -16,8 +16,8 @@ Supported message types, and what selects values in each:
 - std_msgs/msg/Float64, Float32, Bool: the scalar `data` (Bool: 0 or 1).
 
 An observation field's values are `features(raw)`: an optional `derive` (a pose quaternion → yaw,
-or → cos/sin of yaw as OGBench's cube observation has), then `raw * scale + offset`, then an
-optional `clip`. An action field maps a command topic's raw values to action components the same
+or → cos/sin of yaw as OGBench's cube observation has), then `(raw - center) * scale + offset`,
+then an optional `clip`. An action field maps a command topic's raw values to action components the same
 affine way (bags: raw → action; live: action → raw, its inverse), with per-value `limit`s on the
 raw command and a `frame_id` for commands with a header.
 """
@@ -92,10 +92,12 @@ class FieldSpec:
     size: int = 0  # MultiArrays: the exact number of values in `data`
     indices: tuple[int, ...] = ()  # MultiArrays: which of them (default: all)
     derive: str = ""  # observation: '' (the values) | yaw | yaw_cos_sin (of the selected qx qy qz qw)
-    scale: float | tuple[float, ...] = 1.0  # value = raw (or derived) * scale + offset
+    center: float | tuple[float, ...] = 0.0  # value = (raw (or derived) - center) * scale + offset
+    scale: float | tuple[float, ...] = 1.0
     offset: float | tuple[float, ...] = 0.0
     clip: tuple[float, ...] = ()  # observation: (low, high) applied last; () = none
     label: str = ""  # name in reports, in action.delta_of and goal_fields; default '<topic>.<field>'
+    element_names: tuple[str, ...] = ()  # the values' names in the vector (bundles, topics); default '<label>.<name>'
     rate_hz: float = 0.0  # the topic's expected publishing rate (0 = not declared)
     # How old the topic's last value may be and still count: live, older means the stream is stale
     # (0 = 1.5 periods of rate_hz); in a recording's last rows, 0 = the median sample interval
@@ -129,13 +131,16 @@ class FieldSpec:
         for key in ("rate_hz", "max_age_s"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}: must be >= 0 (got {getattr(self, key)})")
-        for key in ("scale", "offset", "limit"):
+        if self.element_names and len(self.element_names) != self.dim:
+            raise ValueError(f"element_names: {len(self.element_names)} names for {self.dim} values")
+        for key in ("center", "scale", "offset", "limit"):
             value = getattr(self, key)
             if isinstance(value, tuple) and len(value) != self.dim:
                 raise ValueError(f"{key}: {len(value)} numbers for {self.dim} values")
         limit = np.asarray(self.limit, dtype=np.float64)
-        if not np.isfinite(np.r_[self.affine()[0], self.affine()[1], limit.ravel()]).all() or (limit < 0).any():
-            raise ValueError("scale/offset/limit: must be finite (and limit >= 0)")
+        if not np.isfinite(np.r_[self.affine()[0], self.affine()[1], self._center(), limit.ravel()]).all() \
+                or (limit < 0).any():
+            raise ValueError("center/scale/offset/limit: must be finite (and limit >= 0)")
 
     def _check_selection(self, kind: MessageKind) -> None:
         if kind.by_joint_name and not self.names:
@@ -172,8 +177,10 @@ class FieldSpec:
         return len(DERIVATIONS[self.derive]) if self.derive else self.raw_dim
 
     @property
-    def element_names(self) -> list[str]:
-        """One name per value: '<label>.<joint, component or derived>' or '<label>[i]'."""
+    def value_names(self) -> list[str]:
+        """One name per value: `element_names`, or '<label>.<joint, component or derived>' or '<label>[i]'."""
+        if self.element_names:
+            return list(self.element_names)
         if self.derive:
             return [f"{self.label}.{name}" for name in DERIVATIONS[self.derive]]
         if self.type in ARRAY_TYPES:
@@ -190,6 +197,9 @@ class FieldSpec:
         return (np.broadcast_to(np.asarray(self.scale, dtype=np.float64), (self.dim,)),
                 np.broadcast_to(np.asarray(self.offset, dtype=np.float64), (self.dim,)))
 
+    def _center(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.center, dtype=np.float64), (self.dim,))
+
     def limits(self) -> np.ndarray:
         """The largest |raw command| per value (inf where unlimited)."""
         limit = np.broadcast_to(np.asarray(self.limit, dtype=np.float64), (self.dim,))
@@ -205,14 +215,14 @@ class FieldSpec:
             yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
             values = yaw[:, None] if self.derive == "yaw" else np.column_stack([np.cos(yaw), np.sin(yaw)])
         scale, offset = self.affine()
-        values = values * scale + offset
+        values = (values - self._center()) * scale + offset
         return np.clip(values, *self.clip) if self.clip else values
 
     def raw_command(self, action: np.ndarray) -> np.ndarray:
         """Action components → the raw command values (the inverse affine map), within `limit`."""
         scale, offset = self.affine()
         limit = self.limits()
-        return np.clip((action - offset) / scale, -limit, limit)
+        return np.clip((action - offset) / scale + self._center(), -limit, limit)
 
 
 def _setter(obj: object):
@@ -327,14 +337,14 @@ class InterfaceSpec:
 
     @property
     def observation_names(self) -> list[str]:
-        return [n for f in self.observation for n in f.element_names]
+        return [n for f in self.observation for n in f.value_names]
 
     @property
     def action_names(self) -> list[str]:
         if self.action.fields:
-            return [n for f in self.action.fields for n in f.element_names]
+            return [n for f in self.action.fields for n in f.value_names]
         by_label = {f.label: f for f in self.observation}
-        return [f"delta({n})" for label in self.action.delta_of for n in by_label[label].element_names]
+        return [f"delta({n})" for label in self.action.delta_of for n in by_label[label].value_names]
 
     @property
     def period_ns(self) -> float:
