@@ -251,3 +251,66 @@ def summary_line(report: dict[str, Any]) -> str:
     if report["missed_deadlines"] is not None:
         parts.append(f"missed deadlines {report['missed_deadlines']} (period {report['period_s']:g} s)")
     return "; ".join(parts)
+
+
+class RobotCommands:
+    """Robot mode: the twist and the gripper speed that make one env action.
+
+    Lockstep: a step needs the twist answering the latest observation (stamped with it) and, for
+    an arm, a gripper command received since the previous step (Float64MultiArray has no stamp;
+    the controller sends one of each per observation, in either order). Realtime: each twist goes
+    out with the latest gripper speed.
+    """
+
+    def __init__(self, lockstep: bool, needs_gripper: bool) -> None:
+        self.lockstep, self.needs_gripper = lockstep, needs_gripper
+        self.gripper = 0.0
+        self.gripper_new = False
+        self.twist: tuple[np.ndarray, int] | None = None  # lockstep: waiting for its gripper command
+
+    def on_twist(self, twist: np.ndarray, stamp: int) -> tuple[np.ndarray, float, int] | None:
+        """(twist, gripper speed, stamp) to step with, or None (waiting for the gripper command)."""
+        self.twist = (twist, stamp)
+        return self._ready()
+
+    def on_gripper(self, speed: float) -> tuple[np.ndarray, float, int] | None:
+        self.gripper, self.gripper_new = speed, True
+        return self._ready() if self.lockstep else None
+
+    def _ready(self) -> tuple[np.ndarray, float, int] | None:
+        if self.twist is None or (self.lockstep and self.needs_gripper and not self.gripper_new):
+            return None
+        (twist, stamp), self.twist = self.twist, None
+        self.gripper_new = False
+        return twist, self.gripper, stamp
+
+
+class Tracker:
+    """Realtime robot mode: the object tracker's rate, latency, noise and dropouts.
+
+    `measure(step, pose)` says whether the state of env step `step` yields a tracker message, and
+    with which pose (position noise, Gaussian, `noise_m` per axis) and delay (`latency_s`).
+    Lockstep always publishes every state exactly (the observation must be the env's).
+    """
+
+    def __init__(self, lockstep: bool, period_s: float, rate_hz: float, latency_s: float, noise_m: float,
+                 dropout: float, seed: int) -> None:
+        self.exact = lockstep
+        self.every = max(1, round(1.0 / (rate_hz * period_s))) if rate_hz > 0 else 1
+        self.latency_s, self.noise_m, self.dropout = latency_s, noise_m, dropout
+        self.rng = np.random.default_rng(seed)
+        self.sent = self.dropped = 0
+
+    def measure(self, step: int, pose: np.ndarray) -> tuple[np.ndarray, float] | None:
+        if self.exact:
+            return pose, 0.0
+        if step % self.every:
+            return None
+        if self.dropout and self.rng.random() < self.dropout:
+            self.dropped += 1
+            return None
+        pose = pose.copy()
+        if self.noise_m:
+            pose[:3] += self.rng.normal(0.0, self.noise_m, 3)
+        self.sent += 1
+        return pose, self.latency_s

@@ -9,7 +9,8 @@ further in the future than the allowed skew or not newer); freshness is judged o
 against each stream's max age (`InterfaceSpec.max_age_ns`).
 
 Two ways out. Lockstep: `on_message` returns the observation once every stream has a message with
-the newest stamp (the sim stamps one state's messages alike). Realtime: `assemble(now)` gives the
+the newest stamp (the sim stamps one state's messages alike) and every stream without a header
+(e.g. a std_msgs/Float64 contact signal) a message since the last observation. Realtime: `assemble(now)` gives the
 observation from every stream's latest part, stamped with the newest of their stamps, or the first
 stream that is missing, stale or invalid, by name. `next_deadline()` is when, without new messages,
 the next stream turns stale. Every method takes the node clock (`now`, ns): no clock is read here.
@@ -62,6 +63,8 @@ class _Part:
         self.stream = Stream(topic, max_skew_ns)
         self.values: np.ndarray | None = None
         self.invalid: str = ""  # why the latest message could not be used ('' = it could)
+        self.stamped = True  # its messages have a header (else stamped with their arrival)
+        self.fresh = False  # a message since the last lockstep observation
 
     def decode(self, msg: Any) -> np.ndarray:
         """The message's part of the observation; Rejected when a used value is missing or not finite."""
@@ -105,12 +108,22 @@ class ObservationAssembler:
                 part.invalid = str(exc)
                 part.stream.arrival = now
             raise
-        part.values, part.invalid = values, ""
-        return self._complete(part.stream.stamp)
+        part.values, part.invalid, part.stamped, part.fresh = values, "", stamp is not None, True
+        return self._complete()
 
-    def _complete(self, stamp: int) -> Assembled | None:
-        if stamp <= self.emitted or any(p.stream.stamp != stamp or p.invalid for p in self.parts.values()):
+    def _complete(self) -> Assembled | None:
+        parts = self.parts.values()
+        if any(p.invalid or not p.fresh for p in parts):
             return None
+        stamps = {p.stream.stamp for p in parts if p.stamped}
+        stamp = stamps.pop() if len(stamps) == 1 else None
+        if stamps or stamp is None and any(p.stamped for p in parts):
+            return None  # the stamped streams are not all at one state yet
+        stamp = max(p.stream.stamp for p in parts) if stamp is None else stamp
+        if stamp <= self.emitted:
+            return None
+        for p in parts:
+            p.fresh = False
         self.emitted = stamp
         return Assembled(self._values(), stamp)
 

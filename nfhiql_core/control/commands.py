@@ -20,6 +20,7 @@ class RawCommand(NamedTuple):
     names: tuple[str, ...]  # TwistStamped components / joint names; MultiArrays: '' (data in order)
     values: np.ndarray
     frame_id: str
+    array: str  # JointState / JointTrajectory: the array the values go in (position(s), velocities, ...)
 
 
 class CommandEncoder:
@@ -50,5 +51,5 @@ class CommandEncoder:
             names = tuple(n for f, _ in parts for n in (f.names or ("",) * f.dim))
             values = np.concatenate([f.raw_command(action[sl]) for f, sl in parts])
             frame = next((f.frame_id for f, _ in parts if f.frame_id), "")
-            out.append(RawCommand(topic, first.type, names, values, frame))
+            out.append(RawCommand(topic, first.type, names, values, frame, first.field))
         return out
