@@ -1,4 +1,4 @@
-"""`nfhiql` command line: one verb per job (datagen, bag2data, train, eval, export, experiment, plot, modes,
+"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, train, eval, export, experiment, plot, modes,
 bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
 from __future__ import annotations
 
@@ -17,10 +17,20 @@ if TYPE_CHECKING:
 def _datagen(args: argparse.Namespace) -> None:
     from nfhiql_core.data.datagen import generate_dataset
 
+    check = {"min_goal_rate": None} if args.allow_weak_expert else (
+        {} if args.min_goal_rate is None else {"min_goal_rate": args.min_goal_rate})
     path = generate_dataset(args.env, args.episodes, args.seed, args.output, workers=args.workers,
                             max_episode_steps=args.max_episode_steps, noise=args.noise,
-                            dataset_type=args.dataset_type, force=args.force, progress=not args.quiet)
+                            dataset_type=args.dataset_type, expert=args.expert, force=args.force,
+                            progress=not args.quiet, **check)
     print(f"wrote {path}")
+
+
+def _expert_ant(args: argparse.Namespace) -> None:
+    from nfhiql_core.training.expert import load_expert_config, train_expert
+
+    config = load_expert_config(args.config, args.overrides)
+    print(f"expert: {train_expert(config, resume=args.resume, force=args.force, progress=not args.quiet)}")
 
 
 def _bag2data(args: argparse.Namespace) -> None:
@@ -48,6 +58,8 @@ def _eval(args: argparse.Namespace) -> None:
     from nfhiql_core.training.train import resolve_device
 
     if Path(args.checkpoint).is_dir():
+        if args.subgoal_candidates is not None:
+            raise NfhiqlError("--subgoal-candidates: checkpoints only (value-guided subgoals are not in bundles)")
         return _eval_bundle(args)
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -56,11 +68,13 @@ def _eval(args: argparse.Namespace) -> None:
     if not env:
         raise NfhiqlError(f"{args.checkpoint}: no env recorded in the checkpoint; pass --env")
     agent = ckpt.build_agent(device).eval()
+    candidates = (ckpt.config.get("train", {}).get("eval_subgoal_candidates", 1) if args.subgoal_candidates is None
+                  else args.subgoal_candidates)
     interface = load_spec(args.interface) if args.interface else None
-    result = evaluate(TorchPolicy(agent, args.temperature, args.seed), env, episodes_per_task=args.episodes,
-                      seed=args.seed, num_envs=args.num_envs, video_path=args.video, progress=not args.quiet,
-                      interface=interface)
-    _report_eval(args, result, ckpt.step)
+    result = evaluate(TorchPolicy(agent, args.temperature, args.seed, candidates), env,
+                      episodes_per_task=args.episodes, seed=args.seed, num_envs=args.num_envs, video_path=args.video,
+                      progress=not args.quiet, interface=interface)
+    _report_eval(args, result, ckpt.step, subgoal_candidates=candidates)
 
 
 def _eval_bundle(args: argparse.Namespace) -> None:
@@ -191,9 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-episode-steps", type=int, default=None, help="default: OGBench's for the dataset")
     p.add_argument("--noise", type=float, default=None, help="default: OGBench's for the dataset")
     p.add_argument("--dataset-type", default=None, help="default: from the name (navigate/stitch/play)")
+    p.add_argument("--expert", default=None, help="antmaze: the directional ant expert (from `nfhiql expert ant`)")
+    p.add_argument("--min-goal-rate", type=float, default=None,
+                   help="antmaze: refuse the expert if fewer of the first episodes reach a goal "
+                        "(default: datagen.DEFAULT_MIN_GOAL_RATE; see docs/design/ant-expert.md)")
+    p.add_argument("--allow-weak-expert", action="store_true", help="antmaze: skip that check (tests, debugging)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_datagen)
+
+    p = sub.add_parser("expert", help="train the scripted experts some datasets are generated with")
+    experts = p.add_subparsers(dest="expert", required=True)
+    e = experts.add_parser("ant", help="SAC on OGBench's directional ant (online-ant-xy-v0), for the antmaze datasets")
+    e.add_argument("--config", required=True, help="e.g. config/expert/ant-xy.yaml")
+    e.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
+    e.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
+    e.add_argument("--force", action="store_true", help="delete a non-empty run_dir and start over")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_expert_ant)
 
     p = sub.add_parser("bag2data", help="rosbag2 recordings → an OGBench-format dataset (see config/bags/)")
     p.add_argument("bags", nargs="+", help="rosbag2 directories or .mcap/.db3 files (mcap, sqlite3, zstd or not)")
@@ -220,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-envs", type=int, default=None, help="envs stepped in lockstep (default: episodes)")
     p.add_argument("--temperature", type=float, default=0.0, help="policy noise scale (0 = deterministic)")
+    p.add_argument("--subgoal-candidates", type=int, default=None,
+                   help="checkpoints: subgoal = the best by V of z = 0 and N-1 samples (state subgoals only; "
+                        "default: the recipe's train.eval_subgoal_candidates)")
     p.add_argument("--json", default=None, help="write the full result (per episode) here")
     p.add_argument("--video", default=None, help="render one extra task-1 episode to this .gif/.mp4")
     p.add_argument("--device", default="cpu")
@@ -332,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `nfhiql` console script."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+    if extra and args.command in ("train", "expert") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra  # key=value overrides placed after later options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

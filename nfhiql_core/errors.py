@@ -19,3 +19,7 @@ class OutputExistsError(NfhiqlError, FileExistsError):
 
 class BagError(NfhiqlError, ValueError):
     """A rosbag2 recording cannot be converted; the message names the bag, topic and field."""
+
+
+class ExpertError(NfhiqlError, ValueError):
+    """An expert policy file is missing or malformed, or the expert is too weak for the job asked of it."""

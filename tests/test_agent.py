@@ -1,21 +1,24 @@
-"""NF-HIQL losses against a per-sample hand computation, the EMA update, and inference."""
+"""NF-HIQL losses against a per-sample hand computation, the EMA updates, the learning-rate schedule and
+optimizers, and inference (value-guided subgoals included)."""
 import math
 
 import pytest
 import torch
+from torch import nn
 
-from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy
+from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy, lr_factor
 from nfhiql_core.algo.networks import length_normalize
+from nfhiql_core.errors import ConfigError
 
 OBS, ACT, B = 3, 2, 5
 
 
-def tiny_agent(policy: str, subgoal_space: str = "rep", **overrides) -> HIQLAgent:
+def tiny_agent(policy: str, subgoal_space: str = "rep", total_steps: int | None = None, **overrides) -> HIQLAgent:
     torch.manual_seed(0)
     config = AgentConfig(policy=policy, subgoal_space=subgoal_space, actor_hidden_dims=(16, 16),
                          value_hidden_dims=(16, 16), flow_hidden_dims=(16,), flow_encode_dim=8,
                          flow_blocks=2, rep_dim=4, flow_noise_std=0.0, **overrides)
-    agent = HIQLAgent(config, OBS, ACT)
+    agent = HIQLAgent(config, OBS, ACT, total_steps)
     with torch.no_grad():  # move away from the zero-initialised flow outputs and identical EMA copy
         for p in agent.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -127,3 +130,119 @@ def test_inference_is_deterministic_at_zero_temperature_and_bounded():
 def test_config_rejects_unknown_policy():
     with pytest.raises(ValueError, match="policy"):
         AgentConfig(policy="diffusion")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lr_schedule", "linear"), ("lr_warmup_steps", -1), ("lr_final_fraction", 1.5), ("optimizer", "sgd"),
+    ("weight_decay", -0.1), ("policy_ema", 1.0), ("flow_cond_activation", "tanh"), ("flow_cond_hidden_dims", (0,)),
+])
+def test_config_rejects_bad_recipe_knobs(field, value):
+    with pytest.raises(ValueError, match=f"^{field} must be") as e:
+        AgentConfig(**{field: value})
+    assert "\n" not in str(e.value)
+
+
+def test_cosine_schedule_at_warmup_end_middle_and_last_step():
+    config = AgentConfig(lr_schedule="cosine", lr_warmup_steps=10, lr_final_fraction=0.1)
+    total = 111  # decay over steps 10..110: its middle is step 60
+    assert lr_factor(0, config, total) == 0.0 and lr_factor(5, config, total) == pytest.approx(0.5)
+    assert lr_factor(10, config, total) == pytest.approx(1.0)  # end of the warm-up: the peak
+    assert lr_factor(60, config, total) == pytest.approx(0.55)  # half way down: (1 + 0.1) / 2
+    assert lr_factor(110, config, total) == pytest.approx(0.1)  # the last step: lr_final_fraction
+    constant = AgentConfig(lr_warmup_steps=4)
+    assert [lr_factor(t, constant, total) for t in (0, 2, 4, 110)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_agent_steps_follow_the_schedule():
+    total = 12
+    agent = tiny_agent("flow", total_steps=total, lr_schedule="cosine", lr_warmup_steps=3, lr_final_fraction=0.2)
+    lrs = [agent.update(fixed_batch())["lr"].item() for _ in range(total)]
+    assert lrs == pytest.approx([agent.config.lr * lr_factor(t, agent.config, total) for t in range(total)])
+    assert lrs[-1] == pytest.approx(0.2 * agent.config.lr)
+    with pytest.raises(ValueError, match="total steps"):
+        tiny_agent("flow", lr_schedule="cosine")
+    assert "lr" not in tiny_agent("flow").update(fixed_batch())  # constant: no scheduler, nothing logged
+
+
+def test_adamw_decays_weights_decoupled_from_the_gradient():
+    """Same init, same batch: one AdamW step with weight decay λ differs from one without by −lr·λ·θ."""
+    decay = 0.5
+    plain, decayed = tiny_agent("flow", optimizer="adamw"), tiny_agent("flow", optimizer="adamw", weight_decay=decay)
+    before = [p.clone() for p in decayed.trainable_parameters()]
+    plain.update(fixed_batch())
+    decayed.update(fixed_batch())
+    lr = decayed.config.lr
+    for theta, a, b in zip(before, plain.trainable_parameters(), decayed.trainable_parameters()):
+        assert torch.allclose(b - a, -lr * decay * theta, atol=1e-7)
+    assert isinstance(decayed.optimizer, torch.optim.AdamW)
+
+
+def test_policy_ema_is_the_closed_form_average_and_acts():
+    d = 0.8
+    agent = tiny_agent("flow", policy_ema=d)
+
+    def flat(params) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in params])
+
+    ema_0 = flat(agent.ema_actors.parameters())  # tiny_agent perturbed the copies away from the online weights
+    history = []  # θ_1 … θ_k
+    for _ in range(4):
+        agent.update(fixed_batch())
+        history.append(flat([*agent.high_actor.parameters(), *agent.low_actor.parameters()]))
+    k = len(history)
+    expected = d ** k * ema_0 + (1 - d) * sum(d ** (k - i) * theta for i, theta in enumerate(history, 1))
+    ema = flat(agent.ema_actors.parameters())
+    assert torch.allclose(ema, expected, atol=1e-6)
+    assert not torch.allclose(ema, history[-1])
+    assert not {id(p) for p in agent.ema_actors.parameters()} & {id(p) for p in agent.trainable_parameters()}
+    obs, goals = torch.randn(4, OBS), torch.randn(4, OBS)
+    z = torch.zeros(4, agent.subgoal_dim)
+    expected_subgoals, _ = agent.ema_actors["high"].sample_with_log_prob(torch.cat([obs, goals], -1), z)
+    assert torch.allclose(agent.plan(obs, goals, z)[0], length_normalize(expected_subgoals))
+    assert "ema_actors.high.encoder.layers.0.weight" in agent.state_dict()  # checkpointed with the model
+    assert not any(k.startswith("ema_actors") for k in tiny_agent("flow").state_dict())  # off: as before
+
+
+def test_conditioning_network_follows_its_knobs():
+    agent = tiny_agent("flow", flow_cond_hidden_dims=(12, 12, 12), flow_cond_activation="silu")
+    encoder = agent.high_actor.encoder
+    assert [m.out_features for m in encoder.layers if isinstance(m, nn.Linear)] == [12, 12, 12, 8]
+    assert sum(isinstance(m, nn.SiLU) for m in encoder.layers) == 3
+    default = tiny_agent("flow").high_actor.encoder  # None: actor_hidden_dims, GELU (as before)
+    assert [m.out_features for m in default.layers if isinstance(m, nn.Linear)] == [16, 16, 8]
+    assert sum(isinstance(m, nn.GELU) for m in default.layers) == 2
+
+
+class _FirstCoordinateValue(nn.Module):
+    """V(s, ·) = s[0] on every head: the best subgoal is the candidate with the largest first coordinate."""
+
+    def forward(self, observations: torch.Tensor, goal_reps: torch.Tensor) -> torch.Tensor:
+        return observations[:, 0].expand(2, -1)
+
+
+def test_value_guided_selection_picks_the_argmax_v_candidate():
+    agent = tiny_agent("flow", "state")
+    agent.value = _FirstCoordinateValue()
+    n, candidates = 6, 5
+    obs, goals = torch.randn(n, OBS), torch.randn(n, OBS)
+    z = torch.randn(candidates, n, OBS)
+    each = torch.stack([agent.plan(obs, goals, z[c])[0] for c in range(candidates)])  # (candidates, n, OBS)
+    best = each[:, :, 0].argmax(0)
+    assert len(set(best.tolist())) > 1  # the construction does not always favour one candidate
+    assert torch.allclose(agent.select_subgoal(obs, goals, z), each[best, torch.arange(n)])
+
+    # sample_actions: candidate 0 is z = 0, the others N(0, I) draws from the policy's generator
+    actions = agent.sample_actions(obs, goals, generator=torch.Generator().manual_seed(7),
+                                   subgoal_candidates=candidates)
+    draws = torch.randn(candidates - 1, n, OBS, generator=torch.Generator().manual_seed(7))
+    z = torch.cat([torch.zeros(1, n, OBS), draws])
+    expected, _ = agent.act(obs, agent.select_subgoal(obs, goals, z), torch.zeros(n, ACT))
+    assert torch.equal(actions, expected)
+
+
+def test_value_guided_selection_refuses_rep_subgoals():
+    agent = tiny_agent("flow", "rep")
+    with pytest.raises(ConfigError, match="subgoal_space: state"):
+        TorchPolicy(agent, subgoal_candidates=3)(torch.randn(2, OBS).numpy(), torch.randn(2, OBS).numpy())
+    with pytest.raises(ConfigError, match=">= 1"):
+        TorchPolicy(agent, subgoal_candidates=0)

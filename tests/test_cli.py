@@ -173,6 +173,15 @@ def test_eval_without_env_asks_for_one(tiny_checkpoint, capsys):
     assert_one_line_error(capsys.readouterr().err, str(tiny_checkpoint), "--env")
 
 
+def test_eval_subgoal_candidates_need_state_subgoals_and_a_checkpoint(tiny_checkpoint, capsys):
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / "cube-single-play"
+    assert main(["eval", str(bundle), "--subgoal-candidates", "4", "--quiet"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--subgoal-candidates", "not in bundles")
+    assert main(["eval", str(tiny_checkpoint), "--env", "pointmaze-medium-navigate", "--episodes", "1",
+                 "--subgoal-candidates", "4", "--quiet"]) == 2  # the tiny recipe plans in rep space
+    assert_one_line_error(capsys.readouterr().err, "subgoal_space: state", "'rep'")
+
+
 def test_eval_cli_writes_per_task_and_per_episode_json(tiny_checkpoint, tmp_path):
     out = tmp_path / "eval" / "result.json"
     result = nfhiql("eval", str(tiny_checkpoint), "--env", "pointmaze-medium-navigate", "--episodes", "2",

@@ -75,7 +75,7 @@ def test_refuses_to_overwrite_without_force(tmp_path):
 
 @pytest.mark.parametrize(
     "name, kwargs",
-    [("antmaze-large-navigate", {}), ("pointmaze-medium", {}), ("cube-single-play", {"dataset_type": "navigate"})],
+    [("humanoidmaze-large-navigate", {}), ("pointmaze-medium", {}), ("cube-single-play", {"dataset_type": "navigate"})],
 )
 def test_unsupported_configs_raise_config_error(tmp_path, name, kwargs):
     with pytest.raises(ConfigError):

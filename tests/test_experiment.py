@@ -2,6 +2,7 @@
 and a real tiny grid (subprocess training + pointmaze evaluation) that resumes where it stopped."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from nfhiql_core.analysis.experiment import (
 )
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.cli import main
+from nfhiql_core.config import to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.training.metrics import MetricsLogger, read_csv
 
@@ -78,6 +80,34 @@ def test_grid_recipe_without_env_is_rejected(tmp_path):
     recipe.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="env is required"):
         grid_cells(load_experiment_config(path))
+
+
+def with_variant(path: Path, **variant) -> Path:
+    """Add a second row to the grid at `path`: the first task's recipe with one more override."""
+    grid = yaml.safe_load(path.read_text())
+    base = grid["tasks"][0]
+    grid["tasks"].append({**base, "name": "variant", "overrides": [*base["overrides"], "agent.expectile=0.8"],
+                          **variant})
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def test_rows_are_recipe_variants_with_their_own_policies(tmp_path):
+    config = load_experiment_config(with_variant(write_grid(tmp_path), policies=["flow"]))
+    cells = grid_cells(config)
+    assert [(c.task, c.policy) for c in cells] == [(TASK, "flow"), (TASK, "gaussian"), ("variant", "flow")]
+    assert cells[2].recipe.agent.expectile == 0.8 and cells[0].recipe.agent.expectile == 0.7
+    fake_run(cells[2], [0.4, 0.6])
+    report = write_report(config)
+    assert [(g["task"], g["policy"]) for g in report["groups"]] == [(TASK, "flow"), (TASK, "gaussian"),
+                                                                     ("variant", "flow")]
+    table = (Path(config.output_dir) / "results.md").read_text()
+    assert "| variant | 1 | 50.0 | n/a |" in table and f"| {TASK} | 1 | — | — |" in table
+
+    path = with_variant(write_grid(tmp_path), policies=["diffusion"])
+    with pytest.raises(ConfigError, match=r"tasks\[variant\].policies: 'diffusion' is not one of") as e:
+        load_experiment_config(path)
+    assert "\n" not in str(e.value)
 
 
 def fake_run(cell, successes: list[float], wall_per_row: float = 2.0) -> None:
@@ -228,8 +258,51 @@ def test_adopting_a_snapshot_counts_matching_runs_only(tmp_path):
     # The curve figure of adopted runs comes from the curve their result carries (no eval.csv here).
     assert _curve(fresh_cells["flow", 0], result) == result["curve"]
 
+    # A run scored before knobs were added (its agent and budget lack them) is adopted: they are at their defaults.
+    older = json.loads(snapshot.read_text())
+    run = older["runs"][fresh_cells["gaussian", 1].key] = dict(older["runs"][fresh_cells["flow", 0].key])
+    del run["agent"]["policy_ema"], run["agent"]["lr_schedule"], run["eval_subgoal_candidates"]
+    run["agent"]["policy"] = "gaussian"
+    snapshot.write_text(json.dumps(older))
+    assert adopt_results(fresh, snapshot) == [fresh_cells["gaussian", 1].key]
+
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     with pytest.raises(NfhiqlError, match="bad.json: not a results.json") as e:
         adopt_results(fresh, bad)
     assert "\n" not in str(e.value)
+
+
+def test_shipped_recipe_ablation_changes_one_thing_per_row(tmp_path, monkeypatch):
+    """config/experiments/recipe-ablation.yaml: every recipe validates, each row changes what its name says on
+    the same budget, and the baseline row takes cpu-grid's finished cube runs."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the grid names its recipes relative to the repository
+    config = load_experiment_config("config/experiments/recipe-ablation.yaml")
+    cells = grid_cells(config)
+    agents = {c.task: to_dict(c.recipe.agent) for c in cells if c.policy == "flow"}
+    base = agents["cube-single-play"]
+
+    def changed(task: str) -> set[str]:
+        return {k for k, v in agents[task].items() if v != base[k]}
+
+    schedule = {"lr_schedule", "lr_warmup_steps", "lr_final_fraction", "optimizer", "weight_decay"}
+    flow = {"flow_blocks", "flow_hidden_dims", "flow_cond_hidden_dims", "flow_cond_activation"}
+    state = {"subgoal_space", "subgoal_steps"}
+    assert changed("cube-cosine-adamw") == schedule and changed("cube-ema") == {"policy_ema"}
+    assert changed("cube-bigger-flow") == flow and changed("cube-state-subgoals") == state
+    assert changed("cube-v2") == schedule | {"policy_ema"} | flow
+    assert changed("cube-v2-state-subgoals") == schedule | {"policy_ema"} | flow | state
+    for task in agents:
+        assert {k: v for k, v in agents[task].items() if k in changed(task)} == \
+            {k: agents["cube-v2-state-subgoals"][k] for k in changed(task)}  # the same value in every row
+    assert {(c.recipe.train.steps, c.recipe.train.batch_size, c.recipe.train.eval_interval, c.recipe.train.eval_start,
+             c.recipe.train.eval_episodes, c.recipe.train.eval_subgoal_candidates) for c in cells} == \
+           {(40000, 256, 4000, 32000, 50, 1)}
+    assert {c.task for c in cells if c.policy == "gaussian"} == {"cube-single-play", "cube-v2"}
+    assert len(cells) == 27
+
+    moved = dataclasses.replace(config, output_dir=str(tmp_path / "grid"))
+    adopted = adopt_results(moved, root / "docs" / "experiments" / "cpu-grid" / "results.json")
+    assert sorted(adopted) == sorted(f"cube-single-play/{p}-frac1-seed{s}" for p in ("flow", "gaussian")
+                                     for s in (0, 1, 2))

@@ -1,4 +1,5 @@
-"""`export_bundle`: round-trip parity, metadata, single-file models, atomic publishing."""
+"""`export_bundle`: round-trip parity (EMA policies and the flow options included), metadata, single-file models,
+atomic publishing."""
 from __future__ import annotations
 
 import json
@@ -12,12 +13,14 @@ from bundle_helpers import KINDS, MAZE, exported, fitted_agent
 from torch import nn
 
 import nfhiql_core.training.export as export_module
+from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.deploy.bundle import FORMAT, load_bundle
 from nfhiql_core.deploy.runtime import PolicyRuntime
 from nfhiql_core.errors import OutputExistsError
-from nfhiql_core.training.checkpoint import CheckpointError, load_checkpoint
+from nfhiql_core.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfhiql_core.training.export import ExportError, export_bundle
+from nfhiql_core.training.train import DatasetConfig, TrainConfig
 
 
 @pytest.mark.parametrize("policy,space", KINDS)
@@ -122,3 +125,31 @@ def test_bad_checkpoint_is_one_line_error(tmp_path) -> None:
     with pytest.raises(CheckpointError) as e:
         export_bundle(tmp_path / "bad.pt", tmp_path / "bundle")
     assert "\n" not in str(e.value) and not (tmp_path / "bundle").exists()
+
+
+def test_export_of_ema_policies_with_the_new_flow_options(tmp_path) -> None:
+    """policy_ema, a SiLU conditioning net of its own dims and couplings without LayerNorm or zero-init
+    export and pass the parity check; the bundle acts with the EMA copies, not the trained weights."""
+    agent_config = AgentConfig(subgoal_space="state", actor_hidden_dims=(16,), value_hidden_dims=(8,),
+                               flow_hidden_dims=(16,), flow_encode_dim=8, flow_blocks=3, policy_ema=0.5,
+                               flow_cond_hidden_dims=(24, 24), flow_cond_activation="silu", flow_layer_norm=False,
+                               flow_zero_init=False)
+    torch.manual_seed(0)
+    agent = HIQLAgent(agent_config, 2, 2)
+    with torch.no_grad():  # the trained weights move on, the EMA copies stay behind
+        for p in [*agent.high_actor.parameters(), *agent.low_actor.parameters()]:
+            p.add_(0.1 * torch.randn_like(p))
+    checkpoint = tmp_path / "ema.pt"
+    recipe = TrainConfig(run_dir="unused", dataset=DatasetConfig(path="unused.npz"), agent=agent_config)
+    save_checkpoint(checkpoint, agent, recipe, 7, np.random.default_rng(0))
+    export_bundle(checkpoint, tmp_path / "bundle", control_period_s=0.1)
+
+    runtime = PolicyRuntime(tmp_path / "bundle", ["CPUExecutionProvider"])
+    obs, goals, z = (torch.randn(5, 2) for _ in range(3))
+    subgoal, _ = agent.plan(obs, goals, z)
+    action, _ = agent.act(obs, subgoal, z)
+    # the random-init couplings reach |x| ~ 100: float32 agreement is relative there
+    np.testing.assert_allclose(runtime.plan(obs.numpy(), goals.numpy(), z.numpy()).subgoal, subgoal, 1e-5, 1e-5)
+    np.testing.assert_allclose(runtime.act(obs.numpy(), subgoal.numpy(), z.numpy()).action, action, 1e-5, 1e-5)
+    trained, _ = agent.high_actor.sample_with_log_prob(torch.cat([obs, goals], -1), z)
+    assert not torch.allclose(subgoal, trained, atol=1e-3)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from nfhiql_core.algo.flows import ConditionalRealNVP, PLULinear, standard_normal_log_prob
 from nfhiql_core.algo.policies import FlowPolicy, GaussianPolicy
@@ -114,3 +115,26 @@ def test_zero_noise_is_deterministic_and_log_prob_finite():
     assert torch.equal(a, b) and torch.equal(lp_a, lp_b)
     assert torch.isfinite(lp_a).all()
     assert math.isfinite(flow.log_prob(a, context).sum().item())
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_zero_init_couplings_are_the_identity_and_the_fresh_flow_a_rotation(layer_norm):
+    torch.manual_seed(0)
+    flow = ConditionalRealNVP(5, 3, num_blocks=6, hidden_dims=(16,), layer_norm=layer_norm)
+    assert any(isinstance(m, nn.LayerNorm) for m in flow.couplings.modules()) == layer_norm
+    context, z = torch.randn(64, 3), torch.randn(64, 5)
+    for coupling in flow.couplings:
+        h, log_scale_sum = coupling(z, context)
+        assert torch.equal(h, z) and torch.equal(log_scale_sum, torch.zeros(64))
+    x, log_prob = flow.sample_with_log_prob(context, z)
+    assert (standard_normal_log_prob(z) - log_prob).abs().max().item() <= 1e-5  # log-det 0
+    rotation = torch.eye(5)
+    for mixing in flow.mixings:  # what is left: the orthogonal PLU initialisations
+        rotation = mixing.weight() @ rotation
+    assert torch.allclose(x, z @ rotation.T, atol=1e-5)
+    assert torch.allclose(x.norm(dim=-1), z.norm(dim=-1), atol=1e-5)
+
+    torch.manual_seed(0)
+    random_init = ConditionalRealNVP(5, 3, num_blocks=6, hidden_dims=(16,), layer_norm=layer_norm, zero_init=False)
+    h, log_scale_sum = random_init.couplings[0](z, context)
+    assert not torch.allclose(h, z) and log_scale_sum.abs().min() > 0

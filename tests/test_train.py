@@ -1,17 +1,22 @@
-"""Training loop: clean and simulated-crash resume (bitwise), config validation, run-dir protection,
-metrics CSV. Tiny nets on a 2-D random-walk dataset; env=None so no evaluation runs."""
+"""Training loop: clean and simulated-crash resume (bitwise, also with a learning-rate schedule and EMA
+policies), config validation, run-dir protection, metrics CSV. Tiny nets on a 2-D random-walk dataset;
+env=None so no evaluation runs (one test stubs the evaluation out)."""
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from recipes import make_dataset, write_recipe
 
 import nfhiql_core.training.train as train_module
+from nfhiql_core.algo.agent import lr_factor
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.errors import ConfigError, DatasetError, OutputExistsError
 from nfhiql_core.training.checkpoint import load_checkpoint
@@ -19,6 +24,8 @@ from nfhiql_core.training.metrics import read_csv
 from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config, train
 
 LOSS_COLUMNS = ("value/loss", "low_actor/loss", "high_actor/loss", "loss")
+SCHEDULE_AND_EMA = ("agent.lr_schedule=cosine", "agent.lr_warmup_steps=5", "agent.lr_final_fraction=0.1",
+                    "agent.optimizer=adamw", "agent.weight_decay=0.01", "agent.policy_ema=0.9")
 
 
 def config(recipe: Path, run_dir: Path, *overrides: str) -> TrainConfig:
@@ -47,6 +54,7 @@ def assert_same_checkpoint(path_a: Path, path_b: Path, step: int) -> None:
     assert a.step == b.step == step
     assert_same_state(a.model, b.model, "model")
     assert_same_state(a.optimizer, b.optimizer, "optimizer")
+    assert_same_state(a.scheduler, b.scheduler, "scheduler")
     assert a.numpy_rng == b.numpy_rng
     assert torch.equal(a.torch_rng, b.torch_rng)
 
@@ -75,6 +83,15 @@ def setup(tmp_path_factory):
     return recipe, run_a
 
 
+@pytest.fixture(scope="module")
+def scheduled(setup):
+    """Reference run A with a warm-up + cosine schedule, AdamW and EMA policies: 40 steps straight."""
+    recipe, run_a = setup
+    run = run_a.parent / "A-scheduled"
+    train(config(recipe, run, *SCHEDULE_AND_EMA), progress=False)
+    return recipe, run
+
+
 def test_clean_resume_is_bitwise_identical(setup, tmp_path):
     recipe, run_a = setup
     run_b = tmp_path / "B"
@@ -88,10 +105,11 @@ def test_clean_resume_is_bitwise_identical(setup, tmp_path):
     assert_same_losses(run_a / "train.csv", run_b / "train.csv")
 
 
-def test_resume_after_crash_drops_lost_rows(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reference, overrides", [("setup", ()), ("scheduled", SCHEDULE_AND_EMA)])
+def test_resume_after_crash_drops_lost_rows(reference, overrides, request, tmp_path, monkeypatch):
     """A crash right before the step-30 checkpoint: rows 25 and 30 are in the CSV, the checkpoint
-    is at 20; resuming must drop those rows and redo the work identically."""
-    recipe, run_a = setup
+    is at 20; resuming must drop those rows and redo the work identically (schedule and EMA included)."""
+    recipe, run_a = request.getfixturevalue(reference)
     run_b = tmp_path / "B"
     real_save = train_module.save_checkpoint
 
@@ -102,15 +120,71 @@ def test_resume_after_crash_drops_lost_rows(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "save_checkpoint", crash_at_30)
     with pytest.raises(KeyboardInterrupt):
-        train(config(recipe, run_b), progress=False)
+        train(config(recipe, run_b, *overrides), progress=False)
     monkeypatch.undo()
     assert load_checkpoint(run_b / "checkpoint.pt").step == 20
     assert [r["step"] for r in read_csv(run_b / "train.csv")][-2:] == [25, 30]
 
-    train(config(recipe, run_b), resume=True, progress=False)
+    train(config(recipe, run_b, *overrides), resume=True, progress=False)
     assert_same_checkpoint(run_a / "checkpoint.pt", run_b / "checkpoint.pt", 40)
     assert [r["step"] for r in read_csv(run_b / "train.csv")] == list(range(5, 41, 5))
     assert_same_losses(run_a / "train.csv", run_b / "train.csv")
+
+
+def test_scheduled_run_logs_its_learning_rate_and_checkpoints_schedule_and_ema(scheduled):
+    recipe, run = scheduled
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    agent_config = load_train_config(recipe, SCHEDULE_AND_EMA).agent
+    assert ckpt.scheduler["last_epoch"] == 40
+    assert any(k.startswith("ema_actors.") for k in ckpt.model)
+    # the row of step k logs the learning rate of update k (0-based k − 1); the last one is lr · final fraction
+    for row in read_csv(run / "train.csv"):
+        assert row["lr"] == pytest.approx(agent_config.lr * lr_factor(int(row["step"]) - 1, agent_config, 40))
+    assert row["lr"] == pytest.approx(0.1 * agent_config.lr)
+    assert ckpt.build_agent().scheduler.last_epoch == 40
+    assert load_checkpoint(run.parent / "A" / "checkpoint.pt").scheduler is None  # constant: no schedule
+
+
+def test_cosine_run_refuses_to_resume_with_another_step_count(scheduled, tmp_path):
+    recipe, _ = scheduled
+    run = tmp_path / "run"
+    train(config(recipe, run, *SCHEDULE_AND_EMA, "train.steps=10"), progress=False)
+    with pytest.raises(ConfigError, match="train.steps differs .* cosine") as e:
+        train(config(recipe, run, *SCHEDULE_AND_EMA, "train.steps=20"), resume=True, progress=False)
+    assert "\n" not in str(e.value)
+
+
+def test_checkpoint_from_before_the_new_knobs_resumes(setup, tmp_path):
+    """A checkpoint whose recipe lacks the knobs added since (and has no scheduler entry) resumes: they
+    count at their defaults, which are the behaviour it was trained with."""
+    recipe, _ = setup
+    run = tmp_path / "run"
+    train(config(recipe, run, "train.steps=10"), progress=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    for key in ("lr_schedule", "lr_warmup_steps", "lr_final_fraction", "optimizer", "weight_decay", "policy_ema",
+                "flow_layer_norm", "flow_zero_init", "flow_cond_hidden_dims", "flow_cond_activation"):
+        del state["config"]["agent"][key]
+    del state["config"]["train"]["eval_subgoal_candidates"], state["scheduler"]
+    torch.save(state, run / "checkpoint.pt")
+    train(config(recipe, run, "train.steps=15"), resume=True, progress=False)
+    assert load_checkpoint(run / "checkpoint.pt").step == 15
+
+
+def test_evaluation_uses_the_recipes_subgoal_candidates(setup, tmp_path, monkeypatch):
+    import nfhiql_core.evaluation.protocol as protocol
+
+    recipe, _ = setup
+    seen = []
+
+    def fake_evaluate(policy, env, **kwargs):
+        seen.append(policy)
+        assert policy(np.zeros((3, 2), np.float32), np.ones((3, 2), np.float32)).shape == (3, 2)
+        return SimpleNamespace(success=0.0, ci95=0.0, per_task_success={1: 0.0})
+
+    monkeypatch.setattr(protocol, "evaluate", fake_evaluate)
+    train(config(recipe, tmp_path / "run", "env=somewhere", "train.steps=10", "train.eval_interval=10",
+                 "agent.subgoal_space=state", "train.eval_subgoal_candidates=4"), progress=False)
+    assert [p.subgoal_candidates for p in seen] == [4]
 
 
 def test_metrics_csv_header_and_finite_values(setup):
@@ -197,6 +271,18 @@ def test_sampler_discount_points_to_agent_section(recipe):
         message = config_error(recipe, f"sampler.{key}=5")
         assert f"sampler.{key}" in message and "agent section" in message
     assert "sampler.typo" in config_error(recipe, "sampler.typo=1")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["agent.lr_schedule=cosine", "agent.lr_warmup_steps=40"], r"agent.lr_warmup_steps \(40\) must be < train.steps"),
+    (["agent.lr_warmup_steps=50"], r"agent.lr_warmup_steps \(50\) must be < train.steps \(40\)"),
+    (["train.eval_subgoal_candidates=4"], "train.eval_subgoal_candidates > 1 needs agent.subgoal_space: state"),
+    (["train.eval_subgoal_candidates=0"], "eval_subgoal_candidates must be >= 1"),
+    (["agent.optimizer=sgd"], "optimizer must be one of"),
+])
+def test_recipe_knob_errors_name_the_field(recipe, overrides, message):
+    error = config_error(recipe, *overrides)
+    assert str(recipe) in error and re.search(message, error), error
 
 
 def test_sampler_errors_name_the_file(recipe):

@@ -7,8 +7,9 @@ an affine coupling and then an invertible linear mixing W = P·L·(U + diag(d)):
     density    (x -> z):  h = W⁻¹·y (two triangular solves);  u2 = (h2 − t)·exp(−s)
 
 log p(x | c) = log N(z; 0, I) − Σ_blocks (Σ s + Σ log|d|). Log-scales are bounded with
-`max_log_scale · tanh(raw / max_log_scale)` so exp() cannot overflow, and the last layer of each
-coupling net starts at zero so a fresh flow is a pure rotation of the base.
+`max_log_scale · tanh(raw / max_log_scale)` so exp() cannot overflow. By default the coupling nets
+have LayerNorm and their last layer starts at zero, so every coupling of a fresh flow is the identity
+and the flow a pure rotation of the base (log-det 0).
 """
 from __future__ import annotations
 
@@ -70,15 +71,17 @@ class PLULinear(nn.Module):
 class AffineCoupling(nn.Module):
     """Affine coupling: the second part is scaled and shifted by a net of (first part, context)."""
 
-    def __init__(self, dim: int, context_dim: int, hidden_dims: Sequence[int], max_log_scale: float):
+    def __init__(self, dim: int, context_dim: int, hidden_dims: Sequence[int], max_log_scale: float,
+                 layer_norm: bool = True, zero_init: bool = True):
         super().__init__()
         self.split = math.ceil(dim / 2) if dim > 1 else 0
         self.max_log_scale = max_log_scale
         out = dim - self.split
-        self.net = MLP(self.split + context_dim, (*hidden_dims, 2 * out), layer_norm=True,
+        self.net = MLP(self.split + context_dim, (*hidden_dims, 2 * out), layer_norm=layer_norm,
                        activation=nn.LeakyReLU)
-        nn.init.zeros_(self.net.output_layer.weight)
-        nn.init.zeros_(self.net.output_layer.bias)
+        if zero_init:  # the coupling starts as the identity
+            nn.init.zeros_(self.net.output_layer.weight)
+            nn.init.zeros_(self.net.output_layer.bias)
 
     def _scale_shift(self, keep: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw_s, t = self.net(torch.cat([keep, context], dim=-1)).chunk(2, dim=-1)
@@ -102,11 +105,13 @@ class ConditionalRealNVP(nn.Module):
     """A stack of (affine coupling → PLU mixing) blocks over `dim`-vectors, conditioned on `context`."""
 
     def __init__(self, dim: int, context_dim: int, num_blocks: int = 4,
-                 hidden_dims: Sequence[int] = (256, 256), max_log_scale: float = 3.0):
+                 hidden_dims: Sequence[int] = (256, 256), max_log_scale: float = 3.0,
+                 layer_norm: bool = True, zero_init: bool = True):
         super().__init__()
         self.dim = dim
         self.couplings = nn.ModuleList(
-            AffineCoupling(dim, context_dim, hidden_dims, max_log_scale) for _ in range(num_blocks))
+            AffineCoupling(dim, context_dim, hidden_dims, max_log_scale, layer_norm, zero_init)
+            for _ in range(num_blocks))
         self.mixings = nn.ModuleList(PLULinear(dim) for _ in range(num_blocks))
 
     def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+
 
 class MLP(nn.Module):
     """Linear → activation → (LayerNorm) on every hidden layer; the last layer is linear unless
@@ -43,13 +45,16 @@ class MLP(nn.Module):
 class EnsembleMLP(nn.Module):
     """`num_heads` independent MLPs evaluated in one batched matmul per layer.
 
-    Input (B, in_dim) → output (num_heads, B, out). Hidden layers: Linear → GELU → LayerNorm.
+    Input (B, in_dim) → output (num_heads, B, out). Hidden layers: Linear → GELU → LayerNorm;
+    `gelu_approximate` is torch's GELU `approximate` ("tanh": flax's default GELU).
     """
 
-    def __init__(self, num_heads: int, in_dim: int, dims: Sequence[int], layer_norm: bool = True):
+    def __init__(self, num_heads: int, in_dim: int, dims: Sequence[int], layer_norm: bool = True,
+                 gelu_approximate: str = "none"):
         super().__init__()
         self.num_heads = num_heads
         self.layer_norm = layer_norm
+        self.gelu_approximate = gelu_approximate
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.norm_weights = nn.ParameterList()
@@ -67,7 +72,7 @@ class EnsembleMLP(nn.Module):
         h = x.unsqueeze(0).expand(self.num_heads, *x.shape)
         *hidden, (w_out, b_out) = zip(self.weights, self.biases)
         for i, (w, b) in enumerate(hidden):
-            h = F.gelu(torch.baddbmm(b, h, w))
+            h = F.gelu(torch.baddbmm(b, h, w), approximate=self.gelu_approximate)
             if self.layer_norm:
                 h = F.layer_norm(h, h.shape[-1:]) * self.norm_weights[i] + self.norm_biases[i]
         return full_precision(lambda v: torch.baddbmm(b_out, v, w_out), h)

@@ -42,14 +42,18 @@ class GaussianPolicy(nn.Module):
 
 
 class FlowPolicy(nn.Module):
-    """Context encoder MLP followed by a conditional RealNVP over the output."""
+    """Context encoder MLP (the conditioning network: `hidden_dims` with `activation` and LayerNorm,
+    then a linear map to `encode_dim`) followed by a conditional RealNVP over the output."""
 
     def __init__(self, context_dim: int, dim: int, hidden_dims: Sequence[int], encode_dim: int,
-                 num_blocks: int, coupling_hidden_dims: Sequence[int], max_log_scale: float):
+                 num_blocks: int, coupling_hidden_dims: Sequence[int], max_log_scale: float,
+                 activation: type[nn.Module] = nn.GELU, coupling_layer_norm: bool = True,
+                 coupling_zero_init: bool = True):
         super().__init__()
         self.dim = dim
-        self.encoder = MLP(context_dim, (*hidden_dims, encode_dim), layer_norm=True)
-        self.flow = ConditionalRealNVP(dim, encode_dim, num_blocks, coupling_hidden_dims, max_log_scale)
+        self.encoder = MLP(context_dim, (*hidden_dims, encode_dim), layer_norm=True, activation=activation)
+        self.flow = ConditionalRealNVP(dim, encode_dim, num_blocks, coupling_hidden_dims, max_log_scale,
+                                       coupling_layer_norm, coupling_zero_init)
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob(x, self.encoder(context))

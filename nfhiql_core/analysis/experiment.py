@@ -1,7 +1,9 @@
 """Experiment grids: task × policy × data fraction × seed, trained and evaluated run by run.
 
 A grid config (YAML, see config/experiments/) names base training recipes per task and the
-axes to sweep. Each cell is an ordinary `nfhiql train` run in its own directory, started as a
+axes to sweep. A task is a row of the report: its recipe and overrides can also be variants of one
+recipe on the same env (e.g. config/experiments/recipe-ablation.yaml), and it may run a subset of the
+grid's policies. Each cell is an ordinary `nfhiql train` run in its own directory, started as a
 subprocess (`jobs` at a time) with `--resume`, so a killed grid continues where it stopped:
 finished cells (those with a `result.json`) are skipped, interrupted ones resume from their last
 checkpoint. Each cell's success follows OGBench's protocol: the mean of its last `final_evals`
@@ -29,12 +31,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from nfhiql_core.algo.agent import AgentConfig
 from nfhiql_core.analysis.plots import pyplot, save_figure
 from nfhiql_core.atomic_io import atomic_open, save_json
 from nfhiql_core.config import from_dict, load_yaml, to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.training.metrics import read_csv
-from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config
+from nfhiql_core.training.train import DATASET_RECORD, LoopConfig, TrainConfig, load_train_config
 
 RESULT_NAME = "result.json"
 
@@ -47,6 +50,7 @@ class TaskSpec:
     recipe: str
     overrides: tuple[str, ...] = ()
     reference: str = ""  # published figure to compare the Gaussian control with, e.g. "OGBench HIQL 79 ± 5 %"
+    policies: tuple[str, ...] = ()  # the policies this task runs, a subset of the grid's; () = all of them
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,15 @@ class ExperimentConfig:
             raise ValueError(f"data_fractions must lie in (0, 1] (got {list(self.data_fractions)})")
         if self.final_evals < 1 or self.jobs < 1:
             raise ValueError("final_evals and jobs must be >= 1")
+        for task in self.tasks:
+            extra = sorted(set(task.policies) - set(self.policies))
+            if extra:
+                raise ValueError(f"tasks[{task.name}].policies: {extra[0]!r} is not one of the grid's policies "
+                                 f"{list(self.policies)}")
+
+    def task_policies(self, task: TaskSpec) -> tuple[str, ...]:
+        """The policies `task` runs, in the grid's order."""
+        return tuple(p for p in self.policies if not task.policies or p in task.policies)
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ def grid_cells(config: ExperimentConfig) -> list[Cell]:
     """
     cells = []
     for task in config.tasks:
-        for seed, fraction, policy in itertools.product(config.seeds, config.data_fractions, config.policies):
+        for seed, fraction, policy in itertools.product(config.seeds, config.data_fractions,
+                                                        config.task_policies(task)):
             run_dir = Path(config.output_dir) / task.name / f"{policy}-frac{fraction:g}-seed{seed}"
             overrides = [*task.overrides, f"agent.policy={policy}", f"dataset.data_fraction={fraction}",
                          f"seed={seed}", f"run_dir={run_dir}"]
@@ -196,7 +210,18 @@ def _trained_with(cell: Cell) -> dict[str, Any]:
     """The part of a cell's recipe that decides its score: a result is reusable only where this matches."""
     loop = cell.recipe.train
     return {"steps": loop.steps, "batch_size": loop.batch_size, "eval_episodes": loop.eval_episodes,
-            "agent": to_dict(cell.recipe.agent)}
+            "eval_subgoal_candidates": loop.eval_subgoal_candidates, "agent": to_dict(cell.recipe.agent)}
+
+
+def _same_budget(run: dict[str, Any], cell: Cell) -> bool:
+    """Whether an earlier result was trained with `cell`'s budget; knobs added since it was scored (agent
+    fields, eval_subgoal_candidates) count at their defaults."""
+    try:
+        agent = to_dict(from_dict(AgentConfig, run.get("agent"), "result", "agent."))
+    except ConfigError:
+        return False
+    saved = {"eval_subgoal_candidates": LoopConfig.eval_subgoal_candidates, **run, "agent": agent}
+    return all(saved.get(k) == v for k, v in _trained_with(cell).items())
 
 
 def adopt_results(config: ExperimentConfig, report_path: str | Path) -> list[str]:
@@ -216,7 +241,7 @@ def adopt_results(config: ExperimentConfig, report_path: str | Path) -> list[str
         run = runs.get(cell.key)
         if run is None or (cell.run_dir / RESULT_NAME).exists():
             continue
-        if any(run.get(k) != v for k, v in _trained_with(cell).items()):
+        if not _same_budget(run, cell):
             tqdm.write(f"not adopted (budget differs from the recipe): {cell.key}")
             continue
         save_json(cell.run_dir / RESULT_NAME, {**run, "adopted_from": str(path)})
@@ -253,7 +278,7 @@ def write_report(config: ExperimentConfig) -> dict[str, Any]:
     results = {c.key: _load_result(c) for c in cells}
     groups = []
     for task in config.tasks:
-        for fraction, policy in itertools.product(config.data_fractions, config.policies):
+        for fraction, policy in itertools.product(config.data_fractions, config.task_policies(task)):
             members = [c for c in cells if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
             done = [results[c.key] for c in members if results[c.key] is not None]
             scores = [r["success"] for r in done]
@@ -334,8 +359,9 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
     for task in config.tasks:
         for fraction in config.data_fractions:
             row = [g for g in groups if g["task"] == task.name and g["data_fraction"] == fraction]
+            by_policy = {g["policy"]: g for g in row}
             cells = [_fmt(g["success_mean"], g["success_std"], len(g["seeds_done"]), len(g["seeds_planned"]))
-                     for g in row]
+                     if (g := by_policy.get(policy)) else "n/a" for policy in config.policies]
             b = row[0]["budget"]
             budget = (f"{b['steps']} steps, batch {b['batch_size']}, actor {b['actor_hidden_dims']}, "
                       f"value {b['value_hidden_dims']}, flow {b['flow']}")

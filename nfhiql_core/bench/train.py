@@ -39,7 +39,7 @@ def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
-    agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
+    agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim, config.train.steps).to(device)
     batch_size = config.train.batch_size
 
     def step() -> None:

@@ -7,6 +7,9 @@ Follows OGBench's published data_gen_scripts (generate_locomaze.py, generate_man
   1001 steps per episode (published: 1000 episodes).
 - pointmaze stitch: same oracle, goal exactly 4 BFS cells away, no new goal; 201 steps
   (published: 5000 episodes).
+- antmaze navigate / stitch: the same start, goal and new-goal logic, but the action is the
+  directional ant expert's (`--expert`, trained by `nfhiql expert ant`) walking towards the next
+  BFS cell, plus N(0, 0.2^2), clipped to [-1, 1] (see docs/design/ant-expert.md).
 - cube play: CubePlanOracle with temporally correlated plan noise (noise 0.1, smoothing 0.5) in the
   env's `data_collection` mode, a new random target after each pick-and-place; 1001 steps
   (published: 1000 episodes). Stacking probability 0 (single) or U(0, 0.25) (double).
@@ -14,6 +17,10 @@ Follows OGBench's published data_gen_scripts (generate_locomaze.py, generate_man
 Unlike OGBench's scripts, everything is seeded: episode i draws from `SeedSequence(seed).spawn(n)[i]`,
 so the output depends only on `seed`, not on the number of workers. OGBench's `-val` split is not
 written; generate it as a separate file with another seed.
+
+An expert-driven dataset is refused (ExpertError, nothing written) when fewer than `min_goal_rate`
+of its first `PROBE_EPISODES` episodes reach a goal: checked as soon as those episodes are in,
+so a weak expert costs a minute, not the whole run.
 """
 from __future__ import annotations
 
@@ -33,19 +40,25 @@ from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 from tqdm import tqdm
 
 from nfhiql_core.atomic_io import ensure_writable, save_npz
-from nfhiql_core.errors import ConfigError
-from nfhiql_core.data.oracles import DEFAULT_NOISE, PLAN_NOISE_SMOOTHING, maze_oracle_action
+from nfhiql_core.errors import ConfigError, ExpertError
+from nfhiql_core.data.ant_expert import AntExpert
+from nfhiql_core.data.oracles import DEFAULT_NOISE, PLAN_NOISE_SMOOTHING, ant_oracle_action, maze_oracle_action
 
 _MAZE_TYPES = ("navigate", "stitch")
 _CUBE_TYPES = ("play",)
+_MAZES = ("medium", "large", "giant", "teleport")
 SUPPORTED_ENVS: tuple[str, ...] = tuple(
-    f"pointmaze-{maze}-{kind}" for maze in ("medium", "large", "giant", "teleport") for kind in _MAZE_TYPES
+    f"{agent}maze-{maze}-{kind}" for agent in ("point", "ant") for maze in _MAZES for kind in _MAZE_TYPES
 ) + ("cube-single-play", "cube-double-play")
 
 _DEFAULT_STEPS = {"navigate": 1001, "stitch": 201, "play": 1001}
 _STITCH_DISTANCE = 4  # BFS cells between start and goal in stitch episodes.
 _P_STACK_RANGE = {"cube-single-v0": (0.0, 0.0), "cube-double-v0": (0.0, 0.25)}
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1))
+PROBE_EPISODES = 20  # expert datasets: the goal-reaching rate is checked on this many first episodes
+# A trained expert reaches its first goal in nearly every episode (a navigate episode's 1001 steps
+# cover the medium maze several times over); an untrained or barely walking one almost never does.
+DEFAULT_MIN_GOAL_RATE = 0.8
 
 Cell = tuple[int, int]
 
@@ -55,10 +68,11 @@ class _Spec:
     """Everything a worker needs to roll out one kind of episode."""
 
     env_id: str  # gymnasium id, e.g. "pointmaze-medium-v0"
-    family: str  # "maze" or "cube"
+    family: str  # "maze" (point), "ant" or "cube"
     dataset_type: str
     max_episode_steps: int
     noise: float
+    expert: str | None  # ant: path of the directional expert file
 
 
 def generate_dataset(
@@ -71,52 +85,73 @@ def generate_dataset(
     max_episode_steps: int | None = None,
     noise: float | None = None,
     dataset_type: str | None = None,
+    expert: str | os.PathLike | None = None,
+    min_goal_rate: float | None = DEFAULT_MIN_GOAL_RATE,
     force: bool = False,
     progress: bool = True,
 ) -> pathlib.Path:
     """Roll out `num_episodes` oracle episodes of `env_name` and write them as an OGBench npz file.
 
     Defaults for `max_episode_steps`, `noise` and `dataset_type` follow OGBench's published procedure
-    for the dataset name; the keyword arguments override them. Returns the written path.
+    for the dataset name; the keyword arguments override them. Ant mazes need `expert` (a file from
+    `nfhiql expert ant`); `min_goal_rate` None skips its weakness check. Returns the written path.
     """
-    spec = _resolve_spec(env_name, max_episode_steps, noise, dataset_type)
+    spec = _resolve_spec(env_name, max_episode_steps, noise, dataset_type, expert)
     if num_episodes < 1 or workers < 1:
         raise ConfigError(f"num_episodes and workers must be >= 1 (got {num_episodes}, {workers})")
+    if min_goal_rate is not None and not 0.0 <= min_goal_rate <= 1.0:
+        raise ConfigError(f"datagen: min_goal_rate must be in [0, 1] (got {min_goal_rate})")
     path = ensure_writable(out_path, force)
     seqs = np.random.SeedSequence(seed).spawn(num_episodes)
+    probe = min(PROBE_EPISODES, num_episodes) if spec.expert and min_goal_rate is not None else 0
     with tqdm(total=num_episodes, desc=f"datagen {env_name}", unit="ep", disable=not progress) as bar:
-        episodes = []
-        for episode in _episodes(spec, seqs, workers):
+        episodes, reached = [], 0
+        for episode, goals in _episodes(spec, seqs, workers):
             episodes.append(episode)
+            reached += goals > 0
             bar.update(1)
+            bar.set_postfix(goal_rate=f"{reached / len(episodes):.2f}")
+            if len(episodes) == probe and reached < min_goal_rate * probe:
+                raise ExpertError(f"{spec.expert}: expert too weak: {reached} of the first {probe} episodes reached "
+                                  f"a goal (need {min_goal_rate:.0%}); train it longer or pass --allow-weak-expert")
     save_npz(path, {key: np.concatenate([ep[key] for ep in episodes]) for key in episodes[0]})
     return path
 
 
 def _resolve_spec(
-    env_name: str, max_episode_steps: int | None, noise: float | None, dataset_type: str | None
+    env_name: str, max_episode_steps: int | None, noise: float | None, dataset_type: str | None,
+    expert: str | os.PathLike | None,
 ) -> _Spec:
     """Turn a dataset name plus overrides into a validated `_Spec`."""
     name = env_name.removesuffix("-v0")
     if name not in SUPPORTED_ENVS:
         raise ConfigError(f"datagen: unsupported env {env_name!r}; supported: {', '.join(SUPPORTED_ENVS)}")
     prefix, name_type = name.rsplit("-", 1)
-    family = "maze" if prefix.startswith("pointmaze") else "cube"
+    family = {"pointmaze": "maze", "antmaze": "ant"}.get(prefix.split("-")[0], "cube")
+    if (family == "ant") != (expert is not None):
+        raise ConfigError(f"datagen: {env_name}: " + ("needs --expert FILE (from `nfhiql expert ant`)"
+                                                       if family == "ant" else "takes no --expert"))
+    if expert is not None:
+        AntExpert.load(expert)  # a bad file fails here, not in every worker
     kind = dataset_type or name_type
-    allowed = _MAZE_TYPES if family == "maze" else _CUBE_TYPES
+    allowed = _CUBE_TYPES if family == "cube" else _MAZE_TYPES
     if kind not in allowed:
         raise ConfigError(f"datagen: dataset_type {kind!r} not available for {prefix}; choose from {allowed}")
     steps = _DEFAULT_STEPS[kind] if max_episode_steps is None else max_episode_steps
     sigma = DEFAULT_NOISE[family] if noise is None else noise
     if steps < 1 or sigma < 0:
         raise ConfigError(f"datagen: need max_episode_steps >= 1 and noise >= 0 (got {steps}, {sigma})")
-    return _Spec(f"{prefix}-v0", family, kind, steps, float(sigma))
+    return _Spec(f"{prefix}-v0", family, kind, steps, float(sigma), None if expert is None else str(expert))
 
 
-def _episodes(spec: _Spec, seqs: Sequence[np.random.SeedSequence], workers: int) -> Iterator[dict]:
+_Episode = tuple[dict[str, np.ndarray], int]  # OGBench arrays, goals reached
+
+
+def _episodes(spec: _Spec, seqs: Sequence[np.random.SeedSequence], workers: int) -> Iterator[_Episode]:
     """Yield episodes in order, in this process or in a worker Pool over chunks of episodes.
 
-    Workers are forked where possible (no re-import of `__main__`, fast start; they never touch torch).
+    Workers are forked where possible (no re-import of `__main__`, fast start; they never touch torch:
+    the ant expert runs in numpy).
     """
     job = functools.partial(_run_episode, spec)
     if workers == 1:
@@ -135,8 +170,14 @@ def _make_env(env_id: str, family: str, max_episode_steps: int) -> gymnasium.Env
     return gymnasium.make(env_id, terminate_at_goal=False, max_episode_steps=max_episode_steps, **extra)
 
 
-def _run_episode(spec: _Spec, seq: np.random.SeedSequence) -> dict[str, np.ndarray]:
-    """Roll out one seeded episode; returns its OGBench arrays."""
+@functools.lru_cache(maxsize=1)
+def _load_expert(path: str) -> AntExpert:
+    """The expert (once per process)."""
+    return AntExpert.load(path)
+
+
+def _run_episode(spec: _Spec, seq: np.random.SeedSequence) -> _Episode:
+    """Roll out one seeded episode; returns its OGBench arrays and the number of goals it reached."""
     env = _make_env(spec.env_id, spec.family, spec.max_episode_steps)
     env_seed, space_seed, global_seed, rng_seed = (int(s) for s in seq.generate_state(4))
     env.unwrapped.action_space.seed(space_seed)
@@ -144,7 +185,7 @@ def _run_episode(spec: _Spec, seq: np.random.SeedSequence) -> dict[str, np.ndarr
     saved_state = np.random.get_state()
     np.random.seed(global_seed)  # OGBench's envs and oracles draw from the global numpy RNG.
     try:
-        rollout = _maze_episode if spec.family == "maze" else _cube_episode
+        rollout = _cube_episode if spec.family == "cube" else _maze_episode
         return rollout(env, spec, rng, env_seed)
     finally:
         np.random.set_state(saved_state)
@@ -194,9 +235,18 @@ def _cells_at_distance(maze_map: np.ndarray, start: Cell, distance: int) -> list
     return [cell for cell, d in dist.items() if d == distance]
 
 
-def _maze_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> dict[str, np.ndarray]:
-    """Point-maze episode driven by the BFS-direction oracle plus Gaussian action noise."""
+def _maze_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> _Episode:
+    """Maze episode driven by the BFS-direction oracle (point) or the expert walking that way (ant),
+    plus Gaussian action noise."""
     maze = env.unwrapped
+    if spec.family == "ant":
+        expert = _load_expert(spec.expert)
+
+        def act() -> np.ndarray:
+            return ant_oracle_action(maze, expert, spec.noise, rng)
+    else:
+        def act() -> np.ndarray:
+            return maze_oracle_action(maze, maze.get_xy(), maze.cur_goal_xy, spec.noise, rng)
     free, vertices = _maze_cells(maze.maze_map)
     init_ij = free[rng.integers(len(free))]
     if spec.dataset_type == "navigate":
@@ -205,32 +255,34 @@ def _maze_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env
         ring = _cells_at_distance(maze.maze_map, init_ij, _STITCH_DISTANCE)
         goal_ij = ring[rng.integers(len(ring))] if ring else init_ij
     ob, _ = env.reset(seed=env_seed, options=dict(task_info=dict(init_ij=init_ij, goal_ij=goal_ij)))
-    recorder, done = _Recorder(), False
+    recorder, done, goals = _Recorder(), False, 0
     while not done:
-        action = maze_oracle_action(maze, maze.get_xy(), maze.cur_goal_xy, spec.noise, rng)
+        action = act()
         next_ob, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
+        goals += int(info["success"])
         if info["success"] and spec.dataset_type == "navigate":
             maze.set_goal(goal_ij=vertices[rng.integers(len(vertices))])
         recorder.add(ob, action, done, info)
         ob = next_ob
-    return recorder.arrays()
+    return recorder.arrays(), goals
 
 
-def _cube_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> dict[str, np.ndarray]:
+def _cube_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> _Episode:
     """Cube play episode: CubePlanOracle with correlated plan noise, a new target after each task."""
     ob, info = env.reset(seed=env_seed)
     p_stack = rng.uniform(*_P_STACK_RANGE[spec.env_id])
     oracle = CubePlanOracle(env=env, noise=spec.noise, noise_smoothing=PLAN_NOISE_SMOOTHING)
     oracle.reset(ob, info)
-    recorder, done = _Recorder(), False
+    recorder, done, goals = _Recorder(), False, 0
     while not done:
         action = np.clip(np.asarray(oracle.select_action(ob, info)), -1.0, 1.0)
         next_ob, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
         if oracle.done:
+            goals += 1
             target_ob, target_info = env.unwrapped.set_new_target(p_stack=p_stack)
             oracle.reset(target_ob, target_info)
         recorder.add(ob, action, done, info)
         ob = next_ob
-    return recorder.arrays()
+    return recorder.arrays(), goals

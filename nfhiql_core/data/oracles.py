@@ -11,22 +11,35 @@ import numpy as np
 import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
+from nfhiql_core.data.ant_expert import AntExpert, expert_observation
 from nfhiql_core.errors import ConfigError
 
-DEFAULT_NOISE = {"maze": 0.5, "cube": 0.1}  # OGBench's data-generation noise per env family
+DEFAULT_NOISE = {"maze": 0.5, "ant": 0.2, "cube": 0.1}  # OGBench's data-generation noise per env family
 PLAN_NOISE_SMOOTHING = 0.5  # cube plans: temporal smoothing of the plan noise
 # ogbench's CubeEnv.compute_observation: positions are (xyz - center) * 10, gripper opening * 3.
 _XYZ_CENTER, _XYZ_SCALE, _GRIPPER_SCALE = np.array([0.425, 0.0, 0.0]), 10.0, 3.0
 _CUBE_SINGLE_DIM = 28  # proprio (19) + one cube (position 3, quaternion 4, yaw cos/sin 2)
 
 
+def subgoal_direction(maze, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+    """Unit x-y direction from `xy` to the next BFS cell towards `goal_xy` (OGBench's oracle subgoal).
+    `maze` is the unwrapped maze env (only its map is used)."""
+    subgoal_xy, _ = maze.get_oracle_subgoal(xy, goal_xy)
+    return (subgoal_xy - xy) / (np.linalg.norm(subgoal_xy - xy) + 1e-6)
+
+
 def maze_oracle_action(maze, xy: np.ndarray, goal_xy: np.ndarray, noise: float,
                        rng: np.random.Generator) -> np.ndarray:
-    """OGBench's point-maze oracle: unit direction to the next BFS cell towards `goal_xy`, plus
-    N(0, noise^2), clipped to [-1, 1]. `maze` is the unwrapped maze env (only its map is used)."""
-    subgoal_xy, _ = maze.get_oracle_subgoal(xy, goal_xy)
-    direction = (subgoal_xy - xy) / (np.linalg.norm(subgoal_xy - xy) + 1e-6)
-    return np.clip(direction + rng.normal(0.0, noise, 2), -1.0, 1.0)
+    """OGBench's point-maze oracle: the subgoal direction plus N(0, noise^2), clipped to [-1, 1]."""
+    return np.clip(subgoal_direction(maze, xy, goal_xy) + rng.normal(0.0, noise, 2), -1.0, 1.0)
+
+
+def ant_oracle_action(maze, expert: AntExpert, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """OGBench's ant-maze oracle: the directional expert walking towards the subgoal, fed the ant's
+    state without its x-y, plus N(0, noise^2), clipped to [-1, 1]. `maze` is the unwrapped env."""
+    direction = subgoal_direction(maze, maze.get_xy(), maze.cur_goal_xy)
+    action = expert.act(expert_observation(maze.get_ob(ob_type="states"), direction))
+    return np.clip(action + rng.normal(0.0, noise, action.shape), -1.0, 1.0)
 
 
 class MazeOracle:

@@ -1,4 +1,5 @@
-"""Training checkpoints: model, optimizer, RNG states and step in one atomically written file."""
+"""Training checkpoints: model (EMA copies included), optimizer, learning-rate schedule, RNG states and
+step in one atomically written file."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ class CheckpointError(NfhiqlError):
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint holds; `config` is the full training config as a plain dict."""
+    """What a checkpoint holds; `config` is the full training config as a plain dict, `scheduler` the
+    learning-rate schedule's state (None without a schedule, and in checkpoints written before schedules)."""
 
     step: int
     obs_dim: int
@@ -32,14 +34,22 @@ class Checkpoint:
     optimizer: dict[str, Any]
     numpy_rng: dict[str, Any]
     torch_rng: torch.Tensor
+    scheduler: dict[str, Any] | None = None
 
     def build_agent(self, device: str | torch.device = "cpu") -> HIQLAgent:
-        """Rebuild the agent with its trained weights (optimizer state included)."""
+        """Rebuild the agent with its trained weights (optimizer and schedule state included)."""
         agent_config = from_dict(AgentConfig, self.config["agent"], "checkpoint", "agent.")
-        agent = HIQLAgent(agent_config, self.obs_dim, self.action_dim).to(device)
+        total_steps = self.config.get("train", {}).get("steps")
+        agent = HIQLAgent(agent_config, self.obs_dim, self.action_dim, total_steps).to(device)
+        self.restore(agent)
+        return agent
+
+    def restore(self, agent: HIQLAgent) -> None:
+        """Load the weights, optimizer state and learning-rate schedule state into `agent`."""
         agent.load_state_dict(self.model)
         agent.optimizer.load_state_dict(self.optimizer)
-        return agent
+        if agent.scheduler is not None:
+            agent.scheduler.load_state_dict(self.scheduler)
 
 
 def save_checkpoint(path: str | Path, agent: HIQLAgent, config: Any, step: int,
@@ -55,6 +65,7 @@ def save_checkpoint(path: str | Path, agent: HIQLAgent, config: Any, step: int,
         "optimizer": agent.optimizer.state_dict(),
         "numpy_rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
+        "scheduler": None if agent.scheduler is None else agent.scheduler.state_dict(),
     }
     with atomic_open(path, "wb") as f:
         torch.save(state, f)
@@ -71,8 +82,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nfhiql checkpoint (format field is not {FORMAT!r})")
-    fields = Checkpoint.__dataclass_fields__
-    return Checkpoint(**{k: state[k] for k in fields})
+    return Checkpoint(**{k: state[k] for k in Checkpoint.__dataclass_fields__ if k in state})
 
 
 def restore_rng(checkpoint: Checkpoint) -> np.random.Generator:

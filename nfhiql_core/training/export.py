@@ -74,7 +74,7 @@ class LowLevelPolicy(nn.Module):
 
     def __init__(self, agent: HIQLAgent):
         super().__init__()
-        self.actor = agent.low_actor
+        self.actor = agent.inference_actors()[1]
 
     def forward(self, observation: torch.Tensor, subgoal: torch.Tensor,
                 z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,12 +45,16 @@ class LoopConfig:
     eval_start: int = 0  # no periodic evaluation before this step (the final step is always evaluated)
     eval_episodes: int = 50  # per task
     eval_temperature: float = 0.0
+    # Value-guided subgoals at evaluation: the best of z = 0 and N − 1 draws by V(subgoal, goal); needs
+    # agent.subgoal_space: state. In-process evaluation only (`nfhiql eval` of a checkpoint), not in ONNX bundles.
+    eval_subgoal_candidates: int = 1
     checkpoint_interval: int = 10_000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_interval", "checkpoint_interval", "eval_episodes"):
+        for name in ("steps", "batch_size", "log_interval", "checkpoint_interval", "eval_episodes",
+                     "eval_subgoal_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.eval_interval < 0 or self.eval_start < 0:
@@ -68,6 +72,14 @@ class TrainConfig:
     agent: AgentConfig = field(default_factory=AgentConfig)
     sampler: dict[str, Any] = field(default_factory=dict)  # GoalSamplerConfig fields but discount/subgoal_steps
     train: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        if self.agent.lr_scheduled and self.agent.lr_warmup_steps >= self.train.steps:
+            raise ValueError(f"agent.lr_warmup_steps ({self.agent.lr_warmup_steps}) must be < train.steps "
+                             f"({self.train.steps})")
+        if self.train.eval_subgoal_candidates > 1 and self.agent.subgoal_space != "state":
+            raise ValueError("train.eval_subgoal_candidates > 1 needs agent.subgoal_space: state "
+                             "(V cannot score a rep-space subgoal)")
 
     def sampler_config(self, source: str = "config") -> GoalSamplerConfig:
         """The goal sampler's config, with discount and subgoal_steps taken from the agent.
@@ -105,7 +117,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     """Run (or resume) training; returns the path of the final checkpoint."""
     run_dir = Path(config.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    replace = _check_run_dir(run_dir, resume, force)
+    replace = check_run_dir(run_dir, resume, force)
     loop = config.train
     if loop.threads > 0:
         torch.set_num_threads(loop.threads)
@@ -116,8 +128,8 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     dataset = load_dataset(config.dataset.path, config.dataset.data_fraction, config.seed)
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
     torch.manual_seed(config.seed)
-    agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim).to(device)
-    _prepare_run_dir(run_dir, replace)
+    agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim, loop.steps).to(device)
+    prepare_run_dir(run_dir, replace)
     rng = np.random.default_rng(config.seed)
     start = 0
     data_record = {"path": dataset.source, "sha256": sha256_file(dataset.source)}
@@ -125,8 +137,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
         ckpt = load_checkpoint(ckpt_path, device)
         _check_same_recipe(ckpt.config, config, ckpt_path)
         _check_same_dataset(run_dir / DATASET_RECORD, data_record)
-        agent.load_state_dict(ckpt.model)
-        agent.optimizer.load_state_dict(ckpt.optimizer)
+        ckpt.restore(agent)
         rng = restore_rng(ckpt)
         start = ckpt.step
     else:
@@ -156,7 +167,7 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     return ckpt_path
 
 
-def _check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
+def check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
     """Whether an existing run is to be replaced; refuses a non-empty run_dir without --resume/--force."""
     if resume and force:
         raise ConfigError("--resume and --force are mutually exclusive")
@@ -167,7 +178,7 @@ def _check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
     return occupied and force
 
 
-def _prepare_run_dir(run_dir: Path, replace: bool) -> None:
+def prepare_run_dir(run_dir: Path, replace: bool) -> None:
     """Remove the run being replaced (once the new one can start), create run_dir, clear torn writes."""
     if replace:
         shutil.rmtree(run_dir)
@@ -177,10 +188,15 @@ def _prepare_run_dir(run_dir: Path, replace: bool) -> None:
 
 
 def _check_same_recipe(saved: dict[str, Any], config: TrainConfig, ckpt_path: Path) -> None:
-    current = to_dict(config)
+    """Refuse to resume with another agent, data, sampler or seed, or, under a cosine schedule (which spans
+    train.steps), another step count. Knobs added since the checkpoint was written count at their defaults."""
+    saved, current = to_dict(from_dict(TrainConfig, saved, str(ckpt_path))), to_dict(config)
     for section in ("agent", "dataset", "sampler", "seed"):
-        if saved.get(section) != current[section]:
+        if saved[section] != current[section]:
             raise ConfigError(f"{ckpt_path}: cannot resume: '{section}' differs from the checkpoint's recipe")
+    if config.agent.lr_schedule == "cosine" and saved["train"]["steps"] != config.train.steps:
+        raise ConfigError(f"{ckpt_path}: cannot resume: train.steps differs from the checkpoint's recipe "
+                          f"({saved['train']['steps']}) and agent.lr_schedule: cosine decays over train.steps")
 
 
 def _check_same_dataset(record_path: Path, current: dict[str, str]) -> None:
@@ -199,7 +215,8 @@ def _evaluate_and_log(agent: HIQLAgent, config: TrainConfig, step: int, metrics:
     from nfhiql_core.evaluation.protocol import evaluate  # imports ogbench/mujoco only when evaluating
 
     agent.eval()
-    result = evaluate(TorchPolicy(agent, config.train.eval_temperature, seed=config.seed), config.env,
+    policy = TorchPolicy(agent, config.train.eval_temperature, config.seed, config.train.eval_subgoal_candidates)
+    result = evaluate(policy, config.env,
                       episodes_per_task=config.train.eval_episodes, seed=config.seed, progress=False)
     agent.train()
     values = {"success": result.success, "ci95": result.ci95,
