@@ -136,6 +136,12 @@ def _bench_inference(args: argparse.Namespace) -> None:
                     providers=args.providers, threads=args.threads)
 
 
+def _bench_assembly(args: argparse.Namespace) -> None:
+    from nfhiql_core.bench.assembly import bench_assembly, format_rows
+
+    print(format_rows(bench_assembly(args.bundle, calls=args.calls, warmup=args.warmup)))
+
+
 def _bench_replan(args: argparse.Namespace) -> None:
     from nfhiql_core.deploy.runtime import PolicyRuntime
     from nfhiql_core.evaluation.bundle_eval import replan_table
@@ -335,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     b.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op (and torch) threads")
     b.set_defaults(func=_bench_inference)
+    b = bench.add_parser("assembly", help="per-tick cost of the robot interface: observation assembly from the "
+                         "robot's topics, and the whole tick (assemble + plan + act + encode)")
+    b.add_argument("bundle", nargs="?", default="bundles/cube-single-play")
+    b.add_argument("--calls", type=int, default=2000)
+    b.add_argument("--warmup", type=int, default=200)
+    b.set_defaults(func=_bench_assembly)
     b = bench.add_parser("replan", help="success vs re-plan interval, through a bundle")
     b.add_argument("bundle")
     b.add_argument("--env", default=None, help="default: the bundle's env")

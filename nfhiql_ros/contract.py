@@ -202,6 +202,8 @@ class TeleopParams:
     noise: float = param(-1.0, "the oracle's noise level; < 0 = OGBench's (maze 0.5, cube 0.1)")
     control_period_s: float = param(0.0, "pacing period (s); 0 = the env's control timestep", low=0.0, high=10.0)
     pace: bool = param(True, "answer at the control rate (lockstep sims); false for realtime sims")
+    robot_spec: str = param("", "'' = the sim's observation/command vectors; a robot interface spec = the robot's "
+                            "own topics in (assembled by it) and its command topics out, as mujoco_sim's robot mode")
     exit_when_done: bool = param(True, "exit after the sim's summary status")
 
     def __post_init__(self) -> None:

@@ -32,12 +32,13 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.timer import TimerInfo
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
 
 from nfhiql_core.atomic_io import save_json, save_npz
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
 from nfhiql_core.evaluation.names import component_names
-from nfhiql_core.evaluation.robot_model import RobotModel, fill_messages
+from nfhiql_core.evaluation.robot_model import GRIPPER_JOINT, RobotModel, fill_messages
 from nfhiql_core.interface.spec import load_spec
 from nfhiql_ros import ros_io
 from nfhiql_ros.contract import (
@@ -119,7 +120,7 @@ class MujocoSim(Node):
             self.tracker = Tracker(self.lockstep, self.period_s, self.p.tracker_rate_hz, self.p.tracker_latency_s,
                                    self.p.tracker_noise_m, self.p.tracker_dropout, self.p.seed)
             self.cmd_sub = self.create_subscription(TwistStamped, topics.twist, self._on_twist, COMMAND_SUB_QOS)
-            self.fwd_sub = self.create_subscription(Float64MultiArray, topics.gripper, self._on_gripper,
+            self.fwd_sub = self.create_subscription(JointTrajectory, topics.gripper, self._on_gripper,
                                                     COMMAND_SUB_QOS)
         else:
             self.obs_pub = self.create_publisher(JointState, OBSERVATION_TOPIC, state_qos)
@@ -221,11 +222,16 @@ class MujocoSim(Node):
         elif (ready := self.commands.on_twist(twist, ros_io.stamp_to_ns(msg.header.stamp))) is not None:
             self._robot_step(*ready)
 
-    def _on_gripper(self, msg: Float64MultiArray) -> None:
+    def _on_gripper(self, msg: JointTrajectory) -> None:
         topic = self.fwd_sub.topic_name
-        if len(msg.data) != 1 or not np.isfinite(msg.data[0]):
-            self._reject(f"{topic}: expected one finite gripper speed in data, got {list(msg.data)[:4]}")
-        elif (ready := self.commands.on_gripper(float(msg.data[0]))) is not None:
+        point = msg.points[0] if msg.points else None
+        if GRIPPER_JOINT not in msg.joint_names or point is None or len(point.velocities) != len(msg.joint_names):
+            self._reject(f"{topic}: expected one point with velocities for {GRIPPER_JOINT}")
+            return
+        speed = float(point.velocities[list(msg.joint_names).index(GRIPPER_JOINT)])
+        if not np.isfinite(speed):
+            self._reject(f"{topic}: non-finite gripper speed")
+        elif (ready := self.commands.on_gripper(speed, ros_io.stamp_to_ns(msg.header.stamp))) is not None:
             self._robot_step(*ready)
 
     def _robot_step(self, twist: np.ndarray, gripper: float, stamp: int) -> None:

@@ -256,16 +256,14 @@ def summary_line(report: dict[str, Any]) -> str:
 class RobotCommands:
     """Robot mode: the twist and the gripper speed that make one env action.
 
-    Lockstep: a step needs the twist answering the latest observation (stamped with it) and, for
-    an arm, a gripper command received since the previous step (Float64MultiArray has no stamp;
-    the controller sends one of each per observation, in either order). Realtime: each twist goes
-    out with the latest gripper speed.
+    Lockstep: a step needs the twist and, for an arm, the gripper command answering the latest
+    observation (both stamped with it; they arrive in either order). Realtime: each twist goes out
+    with the latest gripper speed.
     """
 
     def __init__(self, lockstep: bool, needs_gripper: bool) -> None:
         self.lockstep, self.needs_gripper = lockstep, needs_gripper
-        self.gripper = 0.0
-        self.gripper_new = False
+        self.gripper, self.gripper_stamp = 0.0, -1
         self.twist: tuple[np.ndarray, int] | None = None  # lockstep: waiting for its gripper command
 
     def on_twist(self, twist: np.ndarray, stamp: int) -> tuple[np.ndarray, float, int] | None:
@@ -273,15 +271,17 @@ class RobotCommands:
         self.twist = (twist, stamp)
         return self._ready()
 
-    def on_gripper(self, speed: float) -> tuple[np.ndarray, float, int] | None:
-        self.gripper, self.gripper_new = speed, True
+    def on_gripper(self, speed: float, stamp: int) -> tuple[np.ndarray, float, int] | None:
+        self.gripper, self.gripper_stamp = speed, stamp
         return self._ready() if self.lockstep else None
 
     def _ready(self) -> tuple[np.ndarray, float, int] | None:
-        if self.twist is None or (self.lockstep and self.needs_gripper and not self.gripper_new):
+        if self.twist is None:
             return None
-        (twist, stamp), self.twist = self.twist, None
-        self.gripper_new = False
+        twist, stamp = self.twist
+        if self.lockstep and self.needs_gripper and self.gripper_stamp != stamp:
+            return None
+        self.twist = None
         return twist, self.gripper, stamp
 
 

@@ -99,11 +99,12 @@ def test_a_stream_that_stops_is_named_at_its_deadline(cube_messages) -> None:
     first = assembler.assemble(0)
     assert isinstance(first, Unusable) and first.reason == "missing"
     _feed(assembler, messages(10 * MS), 10 * MS)
-    for topic in assembler.topics:  # every stream but the tracker's keeps publishing
-        if topic != "/cube/pose":
-            assembler.on_message(topic, messages(60 * MS)[topic], 60 * MS)
-    max_age = spec.max_age_ns("/cube/pose")  # 1.5 periods of its 20 Hz
-    assert assembler.next_deadline() == 10 * MS + max_age
+    for t in (60, 110, 160, 210):  # every stream but the tracker's keeps publishing at 20 Hz
+        for topic in assembler.topics:
+            if topic != "/cube/pose":
+                assembler.on_message(topic, messages(t * MS)[topic], t * MS)
+    max_age = spec.max_age_ns("/cube/pose")  # the spec's 0.2 s for its 10 Hz tracker
+    assert assembler.next_deadline() == min(10 * MS + max_age, 210 * MS + spec.max_age_ns("/joint_states"))
     assert isinstance(assembler.assemble(10 * MS + max_age), Assembled)
     stale = assembler.assemble(10 * MS + max_age + 1)
     assert isinstance(stale, Unusable) and (stale.topic, stale.reason) == ("/cube/pose", "stale")
@@ -137,7 +138,8 @@ def test_commands_stay_within_limits_and_map_back_to_the_action() -> None:
     assert twist.topic == "/servo_node/delta_twist_cmds" and twist.frame_id == "world"
     assert twist.names == ("vx", "vy", "vz", "wz")
     np.testing.assert_allclose(twist.values, [0.5, -1.0, 0.25, 6.0])
-    np.testing.assert_allclose(gripper.values, [-10.0])
+    assert gripper.topic == "/gripper_controller/joint_trajectory" and gripper.array == "velocities"
+    np.testing.assert_allclose(gripper.values, [-8.0])  # the driver joint's rad/s
     over, _ = encoder.encode(np.array([3.0, 0, 0, -2.0, 0]))  # beyond the action range: the limits hold
     np.testing.assert_allclose(over.values, [1.0, 0, 0, -6.0])
 

@@ -40,7 +40,7 @@ from nfhiql_core.config import to_dict
 from nfhiql_core.data.dataset import Dataset
 from nfhiql_core.errors import BagError
 from nfhiql_core.interface.extract import ExtractError, deserializer, make_decoder, one_line, stamp_getter, value_fields
-from nfhiql_core.interface.spec import QUATERNION, FieldSpec, InterfaceSpec, load_spec
+from nfhiql_core.interface.spec import QUATERNION, FeatureMap, FieldSpec, InterfaceSpec, load_spec
 
 BLOCK_ROWS = 1024  # grid rows resampled at a time
 SIDECAR_SUFFIX = ".json"  # OUT.npz → OUT.npz.json
@@ -458,12 +458,12 @@ def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: Int
 def _assemble(bag: _Bag, fields: Sequence[FieldSpec], samples: list[np.ndarray]) -> np.ndarray:
     """Concatenate the fields' values (`FieldSpec.features`) from the per-stream samples."""
     index = {s.topic: i for i, s in enumerate(bag.streams)}
-    parts = []
+    raw = []
     for f in fields:
         i = index[f.topic]
         stream = bag.streams[i]
-        parts.append(f.features(samples[i][:, stream.slices[stream.fields.index(f)]]))
-    return np.concatenate(parts, axis=1)
+        raw.append(samples[i][:, stream.slices[stream.fields.index(f)]])
+    return FeatureMap(fields)(np.concatenate(raw, axis=1))
 
 
 def _delta_actions(spec: InterfaceSpec, observations: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 
 from nfhiql_core.control.intake import Rejected, Stream
 from nfhiql_core.interface.extract import ExtractError, message_extractor
-from nfhiql_core.interface.spec import InterfaceSpec
+from nfhiql_core.interface.spec import FeatureMap, InterfaceSpec
 
 
 class Assembled(NamedTuple):
@@ -55,8 +55,7 @@ class _Part:
         self.topic, self.fields = topic, fields
         self.index = np.concatenate([np.arange(ends[i], ends[i + 1])
                                      for i, f in enumerate(spec.observation) if f.topic == topic])
-        raw_ends = np.cumsum([0] + [f.raw_dim for f in fields])
-        self.raw_slices = [slice(int(a), int(b)) for a, b in zip(raw_ends[:-1], raw_ends[1:])]
+        self.features = FeatureMap(fields)
         self.names = [n for f in fields for n in f.value_names]
         self.extract = message_extractor(fields)
         self.max_age_ns = spec.max_age_ns(topic)
@@ -69,13 +68,13 @@ class _Part:
     def decode(self, msg: Any) -> np.ndarray:
         """The message's part of the observation; Rejected when a used value is missing or not finite."""
         try:
-            raw = self.extract(msg)[None]
+            raw = self.extract(msg)
         except ExtractError as exc:
             raise Rejected(self.topic, "invalid", str(exc)) from None
-        values = np.concatenate([f.features(raw[:, sl]) for f, sl in zip(self.fields, self.raw_slices)], axis=1)[0]
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size:
-            raise Rejected(self.topic, "invalid", f"{self.names[bad[0]]} is not finite")
+        values = self.features.row(raw)
+        if not np.isfinite(values).all():
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise Rejected(self.topic, "invalid", f"{self.names[bad]} is not finite")
         return values
 
 

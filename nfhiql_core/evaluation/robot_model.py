@@ -4,8 +4,8 @@ interfaces move it. Shared by mujoco_sim's robot mode (which turns readings into
 
 Readings are plain values (no ROS types): joint states by name, poses as (x y z, qx qy qz qw) in
 the world frame, scalars. Commands are the robot's: a twist (vx vy vz wx wy wz, world frame) and,
-for the arm, a gripper opening speed; `env_action` converts them back to the env's normalised
-action the way the robot's controllers would execute them over one control step.
+for the arm, the gripper driver joint's velocity (rad/s); `env_action` converts them back to the
+env's normalised action the way the robot's controllers would execute them over one control step.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class RobotTopics:
     object_pose: str = "/cube/pose"  # the tracker
     contact: str = "/gripper/contact"
     twist: str = "/servo_node/delta_twist_cmds"  # MoveIt Servo's input
-    gripper: str = "/gripper_controller/commands"  # a forward velocity controller of the gripper
+    gripper: str = "/gripper_controller/joint_trajectory"  # the gripper's driver joint, velocity trajectories
 
 
 POINT_TOPICS = RobotTopics(twist="/cmd_vel")
@@ -66,6 +66,8 @@ def _xyzw(wxyz: np.ndarray) -> np.ndarray:
 
 
 ARM_JOINT_PREFIX = "ur5e/"  # MuJoCo's joint names carry it; a UR driver's joint_states do not
+GRIPPER_JOINT = "robotiq/right_driver_joint"  # OGBench's gripper opening is this joint's position / 0.8 rad
+GRIPPER_OPEN_RAD = 0.8
 
 
 class RobotModel:
@@ -109,12 +111,12 @@ class RobotModel:
         """The normalised env action the robot executes over one control step under these commands.
 
         Arm: tcp displacement = (vx, vy, vz) · dt, yaw change = wz · dt, gripper opening change =
-        speed · dt, each over the env's largest change per step (wx, wy: the effector stays pointing
-        down, as OGBench's arm does). Point: (vx, vy) is the command itself.
+        joint speed · dt / 0.8 rad, each over the env's largest change per step (wx, wy: the effector
+        stays pointing down, as OGBench's arm does). Point: (vx, vy) is the command itself.
         """
         if self.family == "point":
             return np.array([twist[0], twist[1]])
-        change = np.array([twist[0], twist[1], twist[2], twist[5], gripper_speed]) * self.dt
+        change = np.array([twist[0], twist[1], twist[2], twist[5], gripper_speed / GRIPPER_OPEN_RAD]) * self.dt
         return change / self.max_step
 
 

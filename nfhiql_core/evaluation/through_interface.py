@@ -11,7 +11,7 @@ import numpy as np
 from nfhiql_core.control.assembly import Assembled, ObservationAssembler
 from nfhiql_core.control.commands import CommandEncoder, RawCommand
 from nfhiql_core.errors import ConfigError
-from nfhiql_core.evaluation.robot_model import RobotModel, RobotTopics, fill_messages, plain_message
+from nfhiql_core.evaluation.robot_model import GRIPPER_JOINT, RobotModel, RobotTopics, fill_messages, plain_message
 from nfhiql_core.interface.spec import InterfaceSpec
 
 TWIST_COMPONENTS = ("vx", "vy", "vz", "wx", "wy", "wz")
@@ -24,8 +24,8 @@ def robot_commands(commands: list[RawCommand], topics: RobotTopics) -> tuple[np.
         if c.topic == topics.twist:
             for name, value in zip(c.names, c.values):
                 twist[TWIST_COMPONENTS.index(name)] = value
-        elif c.topic == topics.gripper:
-            gripper = float(c.values[0])
+        elif c.topic == topics.gripper and GRIPPER_JOINT in c.names:
+            gripper = float(c.values[c.names.index(GRIPPER_JOINT)])
         else:
             raise ConfigError(f"interface spec: command topic {c.topic} is not one the robot listens to "
                               f"({topics.twist}, {topics.gripper})")

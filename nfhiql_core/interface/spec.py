@@ -23,6 +23,7 @@ raw command and a `frame_id` for commands with a header.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -207,22 +208,65 @@ class FieldSpec:
 
     def features(self, raw: np.ndarray) -> np.ndarray:
         """Raw values (rows × raw_dim) → this field's part of the vector (rows × dim)."""
-        values = raw
-        if self.derive:
-            x, y, z, w = (raw[:, self.names.index(c)] for c in QUATERNION)
-            norm = np.sqrt(x * x + y * y + z * z + w * w)
-            x, y, z, w = x / norm, y / norm, z / norm, w / norm
-            yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
-            values = yaw[:, None] if self.derive == "yaw" else np.column_stack([np.cos(yaw), np.sin(yaw)])
-        scale, offset = self.affine()
-        values = (values - self._center()) * scale + offset
-        return np.clip(values, *self.clip) if self.clip else values
+        return FeatureMap([self])(raw)
 
     def raw_command(self, action: np.ndarray) -> np.ndarray:
         """Action components → the raw command values (the inverse affine map), within `limit`."""
         scale, offset = self.affine()
         limit = self.limits()
         return np.clip((action - offset) / scale + self._center(), -limit, limit)
+
+
+class FeatureMap:
+    """Several fields' `features` at once: their concatenated raw values (rows × Σ raw_dim) → their
+    concatenated values (rows × Σ dim), in a fixed number of array operations however many fields
+    there are (the live assembler calls it once per message, bag2data once per block of rows)."""
+
+    def __init__(self, fields: Sequence[FieldSpec]):
+        raw_at = np.cumsum([0] + [f.raw_dim for f in fields])
+        out_at = np.cumsum([0] + [f.dim for f in fields])
+        self.dim = int(out_at[-1])
+        plain_in, plain_out, self.derived = [], [], []
+        for f, r, o in zip(fields, raw_at, out_at):
+            if f.derive:
+                quaternion = [int(r) + f.names.index(c) for c in QUATERNION]
+                self.derived.append((quaternion, f.derive, slice(int(o), int(o) + f.dim)))
+            else:
+                plain_in += range(int(r), int(r) + f.raw_dim)
+                plain_out += range(int(o), int(o) + f.dim)
+        self.plain_in, self.plain_out = np.array(plain_in, dtype=np.intp), np.array(plain_out, dtype=np.intp)
+        self.center = np.concatenate([f._center() for f in fields])
+        self.scale = np.concatenate([f.affine()[0] for f in fields])
+        self.offset = np.concatenate([f.affine()[1] for f in fields])
+        self.low = np.concatenate([np.full(f.dim, f.clip[0] if f.clip else -np.inf) for f in fields])
+        self.high = np.concatenate([np.full(f.dim, f.clip[1] if f.clip else np.inf) for f in fields])
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        out = np.empty((raw.shape[0], self.dim))
+        out[:, self.plain_out] = raw[:, self.plain_in]
+        for quaternion, derive, at in self.derived:
+            yaw = _yaw(*raw[:, quaternion].T, np.arctan2)
+            out[:, at] = yaw[:, None] if derive == "yaw" else np.column_stack([np.cos(yaw), np.sin(yaw)])
+        return self._affine(out)
+
+    def row(self, raw: np.ndarray) -> np.ndarray:
+        """One message's raw values (1-D) → its values: `__call__` with scalar math for the derived
+        features, so a live message costs a few microseconds."""
+        out = np.empty(self.dim)
+        out[self.plain_out] = raw[self.plain_in]
+        for quaternion, derive, at in self.derived:
+            yaw = _yaw(*raw[quaternion].tolist(), math.atan2)
+            out[at] = (yaw,) if derive == "yaw" else (math.cos(yaw), math.sin(yaw))
+        return self._affine(out)
+
+    def _affine(self, values: np.ndarray) -> np.ndarray:
+        return np.clip((values - self.center) * self.scale + self.offset, self.low, self.high)
+
+
+def _yaw(x, y, z, w, atan2):
+    """Yaw (about z) of the normalised quaternion (x y z w): OGBench's `compute_yaw_radians`."""
+    norm2 = x * x + y * y + z * z + w * w
+    return atan2(2 * (w * z + x * y) / norm2, 1 - 2 * (y * y + z * z) / norm2)
 
 
 def _setter(obj: object):
