@@ -174,6 +174,8 @@ class SimParams:
     report_file: str = param("", "JSON run report (episodes, success, steps, command counts, latency) written "
                              "on exit; '' = off")
     exit_when_done: bool = param(True, "shut down (exit code 0) after the last episode")
+    video_path: str = param("", "render the first episode from the env's camera (headless EGL) to this .gif or "
+                            ".mp4, written when the episode ends; '' = off")
     frame_id: str = param("world", "header.frame_id of every message the sim publishes")
     robot_spec: str = param("", "'' = the vector contract (observation / command vectors); a robot interface spec "
                            "(config/robots/*.yaml) = robot mode: only what the robot and a tracker publish "

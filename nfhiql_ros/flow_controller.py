@@ -100,7 +100,8 @@ class FlowController(Node):
             self.timing, CommandFilter(meta.action_low, meta.action_high, p.safe_command, p.max_delta_per_step),
             self.every, p.trigger == "observation", ood, p.ood_action == "safe_stop", time.perf_counter)
         self.spec = resolve_interface(p, self.runtime)
-        self.assembler = None if self.spec is None else ObservationAssembler(self.spec, self.timing.max_skew)
+        self.assembler = None if self.spec is None else ObservationAssembler(
+            self.spec, self.timing.max_skew, lockstep=p.trigger == "observation")
         self.output = self._make_output()
         self.monitor = CadenceMonitor(self.period_s)
         self.reported_state = "starting"

@@ -39,6 +39,7 @@ from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
 from nfhiql_core.evaluation.names import component_names
 from nfhiql_core.evaluation.robot_model import GRIPPER_JOINT, RobotModel, fill_messages
+from nfhiql_core.evaluation.video import EpisodeFilm
 from nfhiql_core.interface.spec import load_spec
 from nfhiql_ros import ros_io
 from nfhiql_ros.contract import (
@@ -129,6 +130,7 @@ class MujocoSim(Node):
             self.fwd_sub = self.create_subscription(
                 Float64MultiArray, SIM_FORWARD_TOPIC, self._on_forward_command, COMMAND_SUB_QOS)
 
+        self.film = EpisodeFilm(self.p.video_path) if self.p.video_path else None
         self.episode: Episode | None = None
         self.clock = SimClock(self.lockstep, self.period_s)
         self.last_step_ns = 0
@@ -261,6 +263,8 @@ class MujocoSim(Node):
         now = self._now_ns()
         self.run.stepped(ep.observation, action, now, latency_s)
         over = ep.step(action, self.max_steps)
+        if self.film is not None:
+            self.film.shoot(self.env, ep.record.length, last=over)
         self.last_step_ns = now
         if over:
             if not (self.robot and self.lockstep):  # no command is due for the terminal state: in lockstep
@@ -314,6 +318,8 @@ class MujocoSim(Node):
             return
         task_id, ep = job
         self.episode = Episode(self.env, task_id, ep, episode_seed(self.p.seed, task_id, ep))
+        if self.film is not None:
+            self.film.shoot(self.env, 0)
         self.last_step_ns = self._now_ns()
         self.clock.start_episode()
         goal_stamp = self.clock.now(self._now_ns())
@@ -329,6 +335,10 @@ class MujocoSim(Node):
 
     def _finish_episode(self) -> None:
         ep, self.episode = self.episode, None
+        if self.film is not None:
+            self.film.write()
+            self.get_logger().info(f"wrote {self.film.path} ({len(self.film.frames)} frames of the first episode)")
+            self.film = None
         rec = ep.record
         self.run.finished(ep.goal, rec)
         outcome = "success" if rec.success else "failure"

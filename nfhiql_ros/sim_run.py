@@ -105,9 +105,11 @@ class SimClock:
     """The sim's stamps: unique and increasing; in lockstep, simulation time on the wall clock.
 
     Realtime: the clock now. Lockstep: the k-th observation of an episode is stamped with the
-    episode's start plus k control periods (the instant it stands for), but never later than now,
-    so a run faster than real time stamps the clock and no stamp is ever in the future. A paced
-    lockstep run (the teleop) so gets stamps exactly on its schedule, however late each step is.
+    episode's start plus k control periods (the instant it stands for), but never later than now
+    (a run faster than real time stamps the clock: no stamp is ever in the future) and never more
+    than one period earlier (a run slower than real time moves its schedule on: stamps stay fresh
+    for the policy nodes). A paced lockstep run (the teleop) so gets stamps exactly on its schedule
+    while each step is less than a period late, which a loaded machine does not change.
     """
 
     def __init__(self, lockstep: bool, period_s: float) -> None:
@@ -130,6 +132,9 @@ class SimClock:
             return self.now(now_ns)
         if self.origin is None:
             self.origin = max(now_ns, self.last + 1)
+        behind = now_ns - (self.origin + step * self.period_ns)
+        if behind > self.period_ns:
+            self.origin += behind
         return self.now(min(now_ns, self.origin + step * self.period_ns))
 
 

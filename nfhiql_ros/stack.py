@@ -96,6 +96,8 @@ ARGUMENTS: tuple[Argument, ...] = (
              "file", type=int),
     Argument("record_path", "", "mujoco_sim's per-step trajectory log (npz, written on exit; relative to the "
              "current directory); '' = the parameter file (default: off)"),
+    Argument("video", "", "render the sim's first episode from its camera to this .gif/.mp4 (headless EGL; "
+             "relative to the current directory); '' = off"),
 )
 ARGUMENT_DEFAULTS: dict[str, str] = {a.name: a.default for a in ARGUMENTS}
 
@@ -311,9 +313,9 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
 
     robot = _robot_interface(args["interface"], policy_files, files.get("mujoco_sim"), with_sim, stack)
     set_policy("interface", "bundle" if robot else "")
-    if with_sim:
-        sim_spec = files["mujoco_sim"].get("robot_spec") or ""
-        over["mujoco_sim"]["robot_spec"] = resolve_path(str(sim_spec), base) if robot else ""
+    sim_spec = str(files.get("mujoco_sim", {}).get("robot_spec") or "")
+    if with_sim and (robot or sim_spec):  # robot mode: the scenario's spec; vector: none
+        over["mujoco_sim"]["robot_spec"] = resolve_path(sim_spec, base) if robot else ""
 
     output = args["command_output"] or str(policy_files.get("command_output", "sim"))
     if args["command_output"]:
@@ -336,8 +338,11 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
             raise StackError("episodes_per_task must be >= 1")
         if args["record_path"]:
             over["mujoco_sim"]["record_path"] = resolve_path(args["record_path"], here)
+        if args["video"]:
+            over["mujoco_sim"]["video_path"] = resolve_path(args["video"], here)
     else:
-        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed", "record_path") if args[k]]
+        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed", "record_path", "video")
+                   if args[k]]
         if ignored:
             raise StackError(f"{', '.join(ignored)} configure the sim: they need sim:=true")
 

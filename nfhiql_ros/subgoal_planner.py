@@ -74,7 +74,8 @@ class SubgoalPlanner(Node):
         if self.spec is None:
             self.create_subscription(JointState, "observation", self.on_observation, observation_qos(self.params))
         else:
-            self.assembler = ObservationAssembler(self.spec, int(1e9 * self.params.max_clock_skew_s))
+            self.assembler = ObservationAssembler(self.spec, int(1e9 * self.params.max_clock_skew_s),
+                                                  lockstep=self.params.trigger == "observation")
             self.topic_check = TopicCheck(self, observation_topics(self.spec), {}, self.params.topic_wait_s,
                                           self.start_interface)
         self.get_logger().info(f"planning every {self.every} observations (trigger {self.params.trigger})")

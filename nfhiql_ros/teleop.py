@@ -73,7 +73,7 @@ class Teleop(Node):
         self.assembler = self.output = None
         if self.p.robot_spec:
             spec = load_spec(self.p.robot_spec)
-            self.assembler = ObservationAssembler(spec, max_skew_ns=int(1e9))
+            self.assembler = ObservationAssembler(spec, max_skew_ns=int(1e9), lockstep=self.p.pace)
             self.output = InterfaceOutput(self, spec, self.period_ns * 1e-9)
             subscribe(self, observation_topics(spec), self._on_robot_message, qos)
         else:

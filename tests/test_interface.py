@@ -65,20 +65,20 @@ def _feed(assembler: ObservationAssembler, messages: dict, now: int) -> Assemble
 
 def test_joint_order_in_messages_is_never_assumed(cube_messages) -> None:
     spec, _, messages = cube_messages
-    in_order = _feed(ObservationAssembler(spec, 100 * MS), messages(10 * MS), 10 * MS)
+    in_order = _feed(ObservationAssembler(spec, 100 * MS, lockstep=True), messages(10 * MS), 10 * MS)
     shuffled = messages(10 * MS)
     js = shuffled["/joint_states"]
     order = list(range(len(js.name)))
     random.Random(1).shuffle(order)
     js.name, js.position, js.velocity = ([getattr(js, a)[i] for i in order] for a in ("name", "position", "velocity"))
-    again = _feed(ObservationAssembler(spec, 100 * MS), shuffled, 10 * MS)
+    again = _feed(ObservationAssembler(spec, 100 * MS, lockstep=True), shuffled, 10 * MS)
     assert in_order is not None and again is not None
     np.testing.assert_array_equal(in_order.values, again.values)
 
 
 def test_nan_in_an_unused_joint_is_ignored_in_a_used_one_names_it(cube_messages) -> None:
     spec, _, messages = cube_messages
-    assembler = ObservationAssembler(spec, 100 * MS)
+    assembler = ObservationAssembler(spec, 100 * MS, lockstep=True)
     msgs = messages(10 * MS)
     js = msgs["/joint_states"]
     js.position[js.name.index("robotiq/left_follower_joint")] = float("nan")  # not in the spec
@@ -113,11 +113,37 @@ def test_a_stream_that_stops_is_named_at_its_deadline(cube_messages) -> None:
 
 def test_lockstep_waits_for_every_stream_of_the_newest_stamp(cube_messages) -> None:
     spec, _, messages = cube_messages
-    assembler = ObservationAssembler(spec, 100 * MS)
+    assembler = ObservationAssembler(spec, 100 * MS, lockstep=True)
     msgs, topics = messages(10 * MS), assembler.topics
     assert [assembler.on_message(t, msgs[t], 10 * MS) for t in topics[:-1]] == [None] * (len(topics) - 1)
     done = assembler.on_message(topics[-1], msgs[topics[-1]], 10 * MS)
     assert isinstance(done, Assembled) and done.stamp == 10 * MS and done.values.shape == (28,)
+
+
+def test_lockstep_assembles_every_state_of_a_consumer_that_fell_behind(cube_messages) -> None:
+    """Three states arrive interleaved (each stream in order, the streams out of step, the header-less
+    contact last): every state comes out, in order, from its own messages; a state one stream never
+    delivered is dropped and counted, not mixed into the next."""
+    spec, _, messages = cube_messages
+    assembler = ObservationAssembler(spec, 100 * MS, lockstep=True)
+    states = {k: messages(k * 10 * MS) for k in (1, 2, 3, 4)}
+    for k in (2, 3):
+        states[k]["/gripper/contact"].data = 0.1 * k  # tell the states apart by their contact value
+    out = []
+    for k in (1, 2, 3):
+        for topic in ("/joint_states", "/tcp_pose_broadcaster/pose", "/cube/pose"):
+            out.append(assembler.on_message(topic, states[k][topic], k * 10 * MS))
+    for k in (1, 2, 3):
+        out.append(assembler.on_message("/gripper/contact", states[k]["/gripper/contact"], (40 + k) * MS))
+    done = [o for o in out if o is not None]
+    assert [o.stamp for o in done] == [10 * MS, 20 * MS, 30 * MS]
+    assert [round(o.values[18], 6) for o in done[1:]] == [0.2, 0.3]  # gripper_contact: each state's own
+    for topic in ("/joint_states", "/tcp_pose_broadcaster/pose", "/gripper/contact"):  # the tracker lost state 4
+        assembler.on_message(topic, states[4][topic], 50 * MS + 1)
+    state5 = messages(60 * MS)
+    results = [assembler.on_message(t, state5[t], 60 * MS + i) for i, t in enumerate(assembler.topics)]
+    assert results[-1] is not None and results[-1].stamp == 60 * MS
+    assert assembler.drops["/joint_states: incomplete_state"] == 1
 
 
 def test_a_future_stamp_is_refused_and_does_not_freeze_the_stream(cube_messages) -> None:
@@ -175,7 +201,7 @@ def test_a_quaternion_comes_through_with_its_own_sign(cube_messages) -> None:
     """Live values are the message's own (the env reports MuJoCo's quaternion as it is); only
     bag2data's linear interpolation aligns signs between messages."""
     spec, _, messages = cube_messages
-    assembler = ObservationAssembler(spec, 100 * MS)
+    assembler = ObservationAssembler(spec, 100 * MS, lockstep=True)
     first = _feed(assembler, messages(10 * MS), 10 * MS)
     flipped = messages(20 * MS)
     q = flipped["/cube/pose"].pose.orientation

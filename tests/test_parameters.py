@@ -63,6 +63,7 @@ def test_command_line_beats_the_parameter_file_and_read_only_is_refused(tmp_path
     proc = subprocess.Popen(
         [sys.executable, "-m", "nfhiql_ros.flow_controller", "--ros-args", "-r", "__ns:=/params_test",
          "--params-file", str(ROOT / "config/manipulation.yaml"), "-p", "command_output:=forward",
+         "-p", "interface:=''",
          "-p", f"bundle:={ROOT / 'bundles/cube-single-play'}", "-p", "providers:=[CPUExecutionProvider]"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = rclpy.Context()
@@ -82,7 +83,7 @@ def test_command_line_beats_the_parameter_file_and_read_only_is_refused(tmp_path
         assert [v.string_value for v in values] == ["forward", "observation"]
 
         (d,) = _call(node, executor, describe, DescribeParameters.Request(names=["command_output"])).descriptors
-        assert d.read_only and "MoveIt Servo" in d.description and d.additional_constraints
+        assert d.read_only and "forward command controller" in d.description and d.additional_constraints
 
         value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="sim")
         (result,) = _call(node, executor, set_, SetParameters.Request(

@@ -416,12 +416,12 @@ def test_killed_planner_holds_the_subgoal_then_stops_safely(ros, bundle) -> None
 SERVO_SPEC = """
 rate_hz: 10.0
 observation:
-  - {topic: /observation, type: sensor_msgs/msg/JointState, names: [x, y], element_names: [x, y]}
+  - {topic: NS/observation, type: sensor_msgs/msg/JointState, names: [x, y], element_names: [x, y]}
 action:
   fields:
-    - {topic: /servo_node/delta_twist_cmds, type: geometry_msgs/msg/TwistStamped, names: [vy, vx],
+    - {topic: NS/servo_node/delta_twist_cmds, type: geometry_msgs/msg/TwistStamped, names: [vy, vx],
        scale: [1.0, 0.5], element_names: [dx, dy], frame_id: tool0}
-"""
+"""  # NS: the test's namespace (a spec's topics are absolute)
 
 
 def test_forward_and_servo_outputs_and_sigint_sends_a_safe_command(ros, bundle, runtime, tmp_path) -> None:
@@ -431,7 +431,7 @@ def test_forward_and_servo_outputs_and_sigint_sends_a_safe_command(ros, bundle, 
     shared = common(bundle, replan_every=2)
     lockstep = {"trigger": "observation", "observation_timeout_s": 10.0, "subgoal_wait_s": 5.0}
     spec = tmp_path / "servo.yaml"
-    spec.write_text(SERVO_SPEC)
+    spec.write_text(SERVO_SPEC.replace("NS/", f"{driver.namespace}/"))
     launch("subgoal_planner", {**shared, "executor": "events"})
     forward = launch("flow_controller", {**shared, **lockstep, "command_output": "forward"}, name="forward_ctrl")
     servo = launch("flow_controller", {**shared, **lockstep, "interface": str(spec), "executor": "events"},

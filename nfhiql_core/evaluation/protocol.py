@@ -22,7 +22,7 @@ import gymnasium
 import numpy as np
 from tqdm.auto import tqdm
 
-from nfhiql_core.atomic_io import atomic_open, save_json
+from nfhiql_core.atomic_io import save_json
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.evaluation.episodes import (
     VIDEO_SEEDS,
@@ -34,10 +34,8 @@ from nfhiql_core.evaluation.episodes import (
     quiet_gymnasium,
 )
 from nfhiql_core.evaluation.through_interface import InterfaceEnv
+from nfhiql_core.evaluation.video import VIDEO_FRAME_SKIP, check_video_path, write_video
 from nfhiql_core.interface.spec import InterfaceSpec
-
-VIDEO_FRAME_SKIP = 3  # render every 3rd step, like OGBench's `video_frame_skip`
-VIDEO_FPS = 15
 
 
 class PolicyError(NfhiqlError, ValueError):
@@ -178,35 +176,7 @@ def _record_video(
                 frames.append(env.render().copy())
     finally:
         env.close()
-    _write_video(frames, path)
-
-
-def _check_video_path(path: Path) -> None:
-    """Fail before any episode runs if the video cannot be written."""
-    suffix = path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ConfigError(f"{path}: video path must end in .gif or .mp4")
-    if suffix == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401  (imageio's mp4 backend)
-        except ImportError:
-            raise ConfigError(f"{path}: writing .mp4 needs imageio-ffmpeg; use a .gif path") from None
-
-
-def _write_video(frames: list[np.ndarray], path: Path) -> None:
-    """Write frames as an animated GIF (PIL) or, for '.mp4', with imageio-ffmpeg; atomically."""
-    if path.suffix.lower() == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in frames]
-        with atomic_open(path, "wb") as f:
-            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0)
-    else:
-        import imageio.v2 as imageio
-
-        tmp = path.with_name(f".{path.stem}.tmp.mp4")  # ffmpeg picks the container from the suffix
-        imageio.mimwrite(tmp, frames, fps=VIDEO_FPS)
-        os.replace(tmp, path)
+    write_video(frames, path)
 
 
 def _check_args(env: gymnasium.Env, episodes_per_task: int, task_ids: Sequence[int], num_envs: int) -> None:
@@ -243,7 +213,7 @@ def evaluate(
     """
     start = time.perf_counter()
     if video_path is not None:
-        _check_video_path(Path(video_path))
+        check_video_path(Path(video_path))
     env_name = canonical_env_name(env_name)
     num_envs = num_envs or episodes_per_task
 

@@ -43,7 +43,7 @@ class InterfaceEnv(gymnasium.Wrapper):
         if self.encoder.dim != env.action_space.shape[0]:
             raise ConfigError(f"interface spec: its action has {self.encoder.dim} values, the env's "
                               f"{env.action_space.shape[0]}")
-        self.assembler = ObservationAssembler(spec, max_skew_ns=0)
+        self.assembler = ObservationAssembler(spec, max_skew_ns=0, lockstep=True)
         self.period_ns = round(spec.period_ns)
         self.clock = 0
         self.max_action_error = 0.0
