@@ -241,7 +241,7 @@ class FlowController(Node):
         then, not at a tick)."""
         deadlines = [self.core.next_deadline()]
         if self.assembler is not None and not self.core.lockstep:
-            stream = self.assembler.next_deadline()
+            stream = self.assembler.next_deadline(self.now_ns())
             deadlines.append(None if stream is None else stream + 1)
         deadline = min((d for d in deadlines if d is not None), default=None)
         if self.deadline_timer is not None:

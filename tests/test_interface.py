@@ -104,7 +104,8 @@ def test_a_stream_that_stops_is_named_at_its_deadline(cube_messages) -> None:
             if topic != "/cube/pose":
                 assembler.on_message(topic, messages(t * MS)[topic], t * MS)
     max_age = spec.max_age_ns("/cube/pose")  # the spec's 0.2 s for its 10 Hz tracker
-    assert assembler.next_deadline() == min(10 * MS + max_age, 210 * MS + spec.max_age_ns("/joint_states"))
+    assert assembler.next_deadline(210 * MS) == min(10 * MS + max_age, 210 * MS + spec.max_age_ns("/joint_states"))
+    assert assembler.next_deadline(10 * MS + max_age + 1) == 210 * MS + spec.max_age_ns("/joint_states")  # stale: past
     assert isinstance(assembler.assemble(10 * MS + max_age), Assembled)
     stale = assembler.assemble(10 * MS + max_age + 1)
     assert isinstance(stale, Unusable) and (stale.topic, stale.reason) == ("/cube/pose", "stale")

@@ -157,8 +157,8 @@ class ObservationAssembler:
                                 f"(max age {p.max_age_ns / 1e6:.0f} ms)")
         return Assembled(self._values(), max(p.stream.stamp for p in self.parts.values()))
 
-    def next_deadline(self) -> int | None:
-        """When, without new messages, the first fresh stream turns stale (None: none is fresh)."""
+    def next_deadline(self, now: int) -> int | None:
+        """When, without new messages, the next stream still fresh at `now` turns stale (None: none is)."""
         due = [p.stream.arrival + p.max_age_ns for p in self.parts.values()
-               if p.stream.arrival is not None and not p.invalid]
+               if p.stream.arrival is not None and not p.invalid and p.stream.arrival + p.max_age_ns >= now]
         return min(due) if due else None

@@ -92,7 +92,7 @@ class ControllerCore:
         self.pending: Pending | None = None
         self.subgoals: OrderedDict[int, np.ndarray] = OrderedDict()
         self.idle_sent = False
-        self.fault: tuple[str, str] | None = None  # an assembled input's stream that cannot be used: (reason, detail)
+        self.fault: tuple[str, str, str] | None = None  # a stream that cannot be used: (reason, detail, topic)
         self.state, self.detail = "starting", ""
         self.safe: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()  # by topic
@@ -172,13 +172,14 @@ class ControllerCore:
                 return []
             return self.on_observation(result.values, result.stamp, (), now)
         reason = UNUSABLE_REASONS[result.reason]
-        self.fault = (reason, result.detail)
+        known = self.fault is not None and self.fault[::2] == (reason, result.topic) and self.state == reason
+        self.fault = (reason, result.detail, result.topic)
         if self.lockstep:
             if stamp is None:
                 return []
             self.pending = None
             return [self._safe(reason, stamp, result.detail)]
-        if (self.state, self.detail) == self.fault:
+        if known:
             return []  # that safe command is already going out every tick
         return [self._safe(reason, self.observation.stamp or now, result.detail)]
 
