@@ -194,7 +194,7 @@ def test_a_stream_that_stops_is_a_safe_command_within_two_periods_naming_it(laun
         robot.spin(1.0)  # good messages again: policy commands resume
         assert not is_zero(robot.twists[-1][1])
 
-        # The tracker stops: stale 0.25 s (its max age) after its last message, safe within 2 periods.
+        # The tracker stops: stale 0.3 s (its max age) after its last message, safe within 2 periods.
         n = len(robot.twists)
         robot.spin(1.0, stop=("/cube/pose",))
         stale_at = robot.last_sent["/cube/pose"] + robot.spec.max_age_ns("/cube/pose")
@@ -237,7 +237,7 @@ def test_realtime_robot_mode_with_a_slow_late_tracker_keeps_the_control_rate(lau
     sim = launch("mujoco_sim", 232, {
         "env": "cube-single-play-v0", "mode": "realtime", "robot_spec": str(CUBE_SPEC),
         "tasks": [1], "max_episode_steps": steps, "start_delay_s": 3.0, "tracker_rate_hz": 10.0,
-        "tracker_latency_s": 0.05, "report_file": str(tmp_path / "sim.json")})
+        "tracker_latency_s": 0.05, "report_file": str(tmp_path / "sim.json"), "record_path": str(tmp_path / "sim.npz")})
     assert sim.wait(timeout=120) == 0
     sim_report = json.loads((tmp_path / "sim.json").read_text())
     assert 0 < sim_report["steps"] <= steps
@@ -248,5 +248,9 @@ def test_realtime_robot_mode_with_a_slow_late_tracker_keeps_the_control_rate(lau
           f"{summary['duration_s']} s; safe commands {summary['safe_commands']}; sim {sim_report['steps']} steps, "
           f"missed deadlines {sim_report['missed_deadlines']}")
     assert summary["achieved_rate_hz"] >= 0.95 * summary["target_rate_hz"]
-    # the late 10 Hz tracker stays within its max age (a rare lost message on a loaded machine at most)
-    assert summary["safe_commands"].get("stale_observation", 0) <= 0.05 * summary["commands"]
+    # the late 10 Hz tracker stays within its max age: the arm steps with policy commands (a safe
+    # command or a missing one is the zero action)
+    actions = np.load(tmp_path / "sim.npz")["actions"]
+    policy_steps = float(np.mean(np.any(actions != 0, axis=1)))
+    print(f"steps with a policy command: {policy_steps:.1%}")
+    assert policy_steps >= 0.95
