@@ -23,7 +23,8 @@ test: setup
 # over DDS) drives the simulated arm with the shipped cube-single-play bundle through the 5 evaluation
 # tasks, then prints per-task success and the achieved planner and controller rates.
 demo: setup
-	$(VENV)/bin/nfhiql-bringup manipulation --json runs/demo/bringup-manipulation.json --timeout 600
+	$(VENV)/bin/nfhiql-bringup manipulation --json runs/demo/bringup-manipulation.json --video runs/demo/cube-episode.gif \
+		--timeout 600
 
 clean:
 	rm -rf runs

@@ -25,6 +25,7 @@ setup(
         (os.path.join("share", PACKAGE, "launch"), glob("launch/*launch.[pxy][yma]*")),
         (os.path.join("share", PACKAGE, "config"), glob("config/*.yaml")),
         (os.path.join("share", PACKAGE, "config", "bags"), glob("config/bags/*.yaml")),
+        (os.path.join("share", PACKAGE, "config", "robots"), glob("config/robots/*.yaml")),
         (os.path.join("share", PACKAGE, "config", "train"), glob("config/train/*.yaml")),
         (os.path.join("share", PACKAGE, "sim"), glob("sim/*.yaml")),
         *[(os.path.join("share", PACKAGE, os.path.dirname(path)), glob(os.path.join(os.path.dirname(path), "*")))

@@ -53,6 +53,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     from nfhiql_core.algo.agent import TorchPolicy
     from nfhiql_core.evaluation.protocol import evaluate
+    from nfhiql_core.interface.spec import load_spec
     from nfhiql_core.training.checkpoint import load_checkpoint
     from nfhiql_core.training.train import resolve_device
 
@@ -69,20 +70,29 @@ def _eval(args: argparse.Namespace) -> None:
     agent = ckpt.build_agent(device).eval()
     candidates = (ckpt.config.get("train", {}).get("eval_subgoal_candidates", 1) if args.subgoal_candidates is None
                   else args.subgoal_candidates)
+    interface = load_spec(args.interface) if args.interface else None
     result = evaluate(TorchPolicy(agent, args.temperature, args.seed, candidates), env,
                       episodes_per_task=args.episodes, seed=args.seed, num_envs=args.num_envs, video_path=args.video,
-                      progress=not args.quiet)
+                      progress=not args.quiet, interface=interface)
     _report_eval(args, result, ckpt.step, subgoal_candidates=candidates)
 
 
 def _eval_bundle(args: argparse.Namespace) -> None:
     from nfhiql_core.deploy.runtime import DEFAULT_PROVIDERS, PolicyRuntime
     from nfhiql_core.evaluation.bundle_eval import evaluate_bundle
+    from nfhiql_core.interface.spec import load_spec
 
     runtime = PolicyRuntime(args.checkpoint, args.providers or DEFAULT_PROVIDERS, args.require_provider,
                             intra_op_threads=args.threads, temperature=args.temperature, seed=args.seed)
+    if args.interface == "bundle":
+        interface = runtime.metadata.interface_spec()
+        if interface is None:
+            raise NfhiqlError(f"{args.checkpoint}: --interface bundle: the bundle carries no robot interface")
+    else:
+        interface = load_spec(args.interface) if args.interface else None
     result = evaluate_bundle(runtime, args.env, args.replan_every, episodes_per_task=args.episodes, seed=args.seed,
-                             num_envs=args.num_envs, video_path=args.video, progress=not args.quiet)
+                             num_envs=args.num_envs, video_path=args.video, progress=not args.quiet,
+                             interface=interface)
     _report_eval(args, result, runtime.metadata.step, replan_every=args.replan_every, providers=runtime.providers)
 
 
@@ -94,6 +104,8 @@ def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **ex
     summary = {"env": result.env_name, "step": step, **extra, "success": round(result.success, 4),
                "ci95": round(result.ci95, 4), "per_task": result.per_task_success,
                "episodes_per_task": result.episodes_per_task, "wall_time_s": round(result.wall_time_s, 1)}
+    if result.interface_max_action_error is not None:
+        summary["interface_max_action_error"] = result.interface_max_action_error
     print(json.dumps(summary))
 
 
@@ -101,10 +113,20 @@ def _export(args: argparse.Namespace) -> None:
     from nfhiql_core.training.export import export_bundle
 
     meta = export_bundle(args.checkpoint, args.output, env=args.env, control_period_s=args.control_period,
-                         force=args.force, atol=args.atol)
+                         force=args.force, atol=args.atol, interface=args.interface)
     print(json.dumps({"bundle": args.output, "env": meta.env, "step": meta.step, "policy": meta.policy,
                       "subgoal_space": meta.subgoal_space, "control_period_s": meta.control_period_s,
-                      "parity_max_abs_diff": meta.parity.max_abs_diff}))
+                      "parity_max_abs_diff": meta.parity.max_abs_diff,
+                      "interface": "none" if meta.interface is None else "embedded"}))
+
+
+def _bundle_interface(args: argparse.Namespace) -> None:
+    from nfhiql_core.deploy.bundle import attach_interface
+    from nfhiql_core.interface.spec import load_spec
+
+    meta = attach_interface(args.bundle, load_spec(args.spec))
+    print(json.dumps({"bundle": args.bundle, "interface": args.spec, "observation": len(meta.observation_names),
+                      "action": list(meta.action_names)}))
 
 
 def _bench_inference(args: argparse.Namespace) -> None:
@@ -112,6 +134,12 @@ def _bench_inference(args: argparse.Namespace) -> None:
 
     bench_inference(args.bundle, calls=args.calls, warmup=args.warmup, checkpoint=args.checkpoint,
                     providers=args.providers, threads=args.threads)
+
+
+def _bench_assembly(args: argparse.Namespace) -> None:
+    from nfhiql_core.bench.assembly import bench_assembly, format_rows
+
+    print(format_rows(bench_assembly(args.bundle, calls=args.calls, warmup=args.warmup)))
 
 
 def _bench_replan(args: argparse.Namespace) -> None:
@@ -240,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundles: ONNX Runtime providers in priority order (default: CUDA, CPU)")
     p.add_argument("--require-provider", action="append", default=[],
                    help="bundles: fail unless this provider actually runs (repeatable)")
+    p.add_argument("--interface", default=None, help="observe and act through a robot interface spec (YAML, or "
+                   "'bundle' for the bundle's own), as the ROS stack does with mujoco_sim's robot mode")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_eval)
 
@@ -250,7 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-period", type=float, default=None, help="seconds (default: the env's)")
     p.add_argument("--atol", type=float, default=1e-5, help="ORT vs torch parity tolerance")
     p.add_argument("--force", action="store_true", help="replace a non-empty bundle directory")
+    p.add_argument("--interface", default=None, help="robot interface spec to embed (default: the training data's "
+                   "bag2data spec, else the env's in config/robots/)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("bundle", help="inspect or amend an exported bundle")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    b = verbs.add_parser("interface", help="embed or replace a bundle's robot interface spec (names must fit)")
+    b.add_argument("bundle")
+    b.add_argument("spec", help="robot interface spec YAML (config/robots/)")
+    b.set_defaults(func=_bundle_interface)
 
     p = sub.add_parser("experiment", help="train and evaluate a grid (task × policy × data fraction × seed); resumable")
     p.add_argument("config", help="grid YAML, e.g. config/experiments/cpu-grid.yaml")
@@ -305,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
     b.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op (and torch) threads")
     b.set_defaults(func=_bench_inference)
+    b = bench.add_parser("assembly", help="per-tick cost of the robot interface: observation assembly from the "
+                         "robot's topics, and the whole tick (assemble + plan + act + encode)")
+    b.add_argument("bundle", nargs="?", default="bundles/cube-single-play")
+    b.add_argument("--calls", type=int, default=2000)
+    b.add_argument("--warmup", type=int, default=200)
+    b.set_defaults(func=_bench_assembly)
     b = bench.add_parser("replan", help="success vs re-plan interval, through a bundle")
     b.add_argument("bundle")
     b.add_argument("--env", default=None, help="default: the bundle's env")

@@ -58,6 +58,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
                    help="executor of the controller and of the synthetic sim")
     b.add_argument("--obs-factor", type=float, default=2.0, help="observation rate / control rate")
+    b.add_argument("--interface-bundle", default="bundles/cube-single-play",
+                   help="a bundle with a robot interface: per-tick cost of assembling its observation from the "
+                        "robot's topics (in-process, printed first); '' = skip")
     b.add_argument("--domain-id", type=int, default=None, help="default: derived from the process id")
     b.add_argument("--verbose", action="store_true", help="echo the controller's log")
 
@@ -204,6 +207,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     os.environ["ROS_DOMAIN_ID"] = str(domain_id)
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="1", RCUTILS_COLORIZED_OUTPUT="0")
+    if args.interface_bundle:
+        print_assembly(args.interface_bundle)
     meta, obs, goal, subgoal = _fixed_inputs(bundle)
     print(f"nfhiql bench ros: bundle {bundle}, executor {args.executor}, {args.seconds:g} s per rate, observations "
           f"at {args.obs_factor:g}x the rate, ROS_DOMAIN_ID {domain_id}", flush=True)
@@ -220,3 +225,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         rclpy.try_shutdown(context=context)
     print(format_table(rows), flush=True)
     return rows
+
+
+def print_assembly(bundle: str) -> None:
+    """The robot interface's per-tick cost (`nfhiql bench assembly`), before the DDS runs."""
+    from nfhiql_core.bench.assembly import bench_assembly, format_rows
+
+    print(f"robot interface of {bundle} (in-process, 1 thread):", flush=True)
+    print(format_rows(bench_assembly(bundle)), flush=True)

@@ -20,7 +20,6 @@ SUBGOAL_TOPIC = "subgoal"
 SUBGOAL_LOG_LIKELIHOOD_TOPIC = "subgoal/log_likelihood"
 SIM_COMMAND_TOPIC = "command"  # mujoco_sim's JointState command input (command_output `sim`)
 SIM_FORWARD_TOPIC = "forward_command"  # mujoco_sim's Float64MultiArray command input
-SERVO_TOPIC = "servo_node/delta_twist_cmds"  # MoveIt Servo's TwistStamped input
 EPISODE_TOPIC = "sim/episode"  # mujoco_sim's per-episode DiagnosticStatus
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
@@ -32,7 +31,8 @@ SUMMARY_STATUS = "mujoco_sim/summary"
 MODES = ("lockstep", "realtime")  # how the stack is paced (the sim's `mode`)
 TRIGGERS = ("timer", "observation")  # what paces the policy nodes
 TRIGGER = {"lockstep": "observation", "realtime": "timer"}  # policy nodes' trigger per sim mode
-OUTPUTS = ("sim", "forward", "servo_twist")  # the controller's command outputs
+OUTPUTS = ("sim", "forward")  # the controller's vector-contract command outputs (robot commands: `interface`)
+INTERFACES = ("robot", "vector")  # what the stack talks to the robot through (bringup and launch argument)
 SAFE_COMMANDS = ("zero", "hold")
 OOD_ACTIONS = ("warn", "safe_stop")
 EXECUTORS = ("single_threaded", "events")
@@ -93,6 +93,11 @@ class PolicyParams:
                                     "messages stamped further in the future are dropped and counted",
                                     low=0.0, high=10.0)
     report_file: str = param("", "JSON file the node writes its run summary to on shutdown; '' = off")
+    interface: str = param("", "'' = the vector contract (`observation` in; `command_output` out); 'bundle' = the "
+                           "robot interface spec the bundle carries, or a spec file: the robot's own topics in, "
+                           "its command topics out (nfhiql_core/interface/spec.py)")
+    topic_wait_s: float = param(10.0, "robot interface: how long to wait at start-up for every spec topic to appear "
+                                "with its type before refusing to run", low=0.0, high=600.0)
 
     def __post_init__(self) -> None:
         node = self.NODE
@@ -134,21 +139,17 @@ class ControllerParams(PolicyParams):
     ood_alarm: bool = param(True, "alarm when a log-likelihood falls below the bundle's training-data threshold")
     ood_action: str = param("warn", "what an OOD alarm does: warn, or safe_stop (send the safe command)",
                             choices=OOD_ACTIONS)
-    command_output: str = param("sim", "sim (JointState `command`), forward (ros2_control forward command "
-                                "controller) or servo_twist (MoveIt Servo TwistStamped)", choices=OUTPUTS)
+    command_output: str = param("sim", "without an interface: sim (JointState `command`) or forward (ros2_control "
+                                "forward command controller); with one, the spec's command topics are the output",
+                                choices=OUTPUTS)
     forward_controller: str = param("forward_position_controller", "command_output forward: the controller name "
                                     "(publishes <name>/commands)")
-    twist_axes: tuple[int, ...] = param((0, 1, 2, -1, -1, -1), "command_output servo_twist: action index for "
-                                        "linear x, y, z, angular x, y, z (-1 = 0)", low=-1)
-    twist_scale: tuple[float, ...] = param((1.0, 1.0, 1.0, 1.0, 1.0, 1.0), "command_output servo_twist: scale "
-                                           "of each twist component")
-    twist_frame_id: str = param("", "command_output servo_twist: header.frame_id of the twist")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if len(self.twist_axes) != 6 or len(self.twist_scale) != 6:
-            raise ParameterError("flow_controller parameters twist_axes and twist_scale: need 6 entries "
-                                 "(linear x, y, z, angular x, y, z)")
+        if self.interface and self.command_output != "sim":
+            raise ParameterError("flow_controller parameter command_output: with an interface the spec's command "
+                                 "topics are the output; leave command_output at its default")
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,20 @@ class SimParams:
     report_file: str = param("", "JSON run report (episodes, success, steps, command counts, latency) written "
                              "on exit; '' = off")
     exit_when_done: bool = param(True, "shut down (exit code 0) after the last episode")
-    frame_id: str = param("", "header.frame_id of observation, goal and joint_states")
-    joint_name_prefix: str = param("", "stripped from MuJoCo joint names in joint_states (e.g. 'ur5e/')")
+    video_path: str = param("", "render the first episode from the env's camera (headless EGL) to this .gif or "
+                            ".mp4, written when the episode ends; '' = off")
+    frame_id: str = param("world", "header.frame_id of every message the sim publishes")
+    robot_spec: str = param("", "'' = the vector contract (observation / command vectors); a robot interface spec "
+                           "(config/robots/*.yaml) = robot mode: only what the robot and a tracker publish "
+                           "(joint_states, tcp pose, object pose, gripper contact) and only robot commands (Servo "
+                           "twist, gripper speed); the goal vector carries the spec's names")
+    tracker_rate_hz: float = param(0.0, "robot mode, realtime: object pose rate (Hz); 0 = every step",
+                                   low=0.0, high=1000.0)
+    tracker_latency_s: float = param(0.0, "robot mode, realtime: object pose delivery delay (s)", low=0.0, high=1.0)
+    tracker_noise_m: float = param(0.0, "robot mode, realtime: Gaussian noise on the object position (m)",
+                                   low=0.0, high=1.0)
+    tracker_dropout: float = param(0.0, "robot mode, realtime: probability a tracker message is lost",
+                                   low=0.0, high=1.0)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -191,6 +204,8 @@ class TeleopParams:
     noise: float = param(-1.0, "the oracle's noise level; < 0 = OGBench's (maze 0.5, cube 0.1)")
     control_period_s: float = param(0.0, "pacing period (s); 0 = the env's control timestep", low=0.0, high=10.0)
     pace: bool = param(True, "answer at the control rate (lockstep sims); false for realtime sims")
+    robot_spec: str = param("", "'' = the sim's observation/command vectors; a robot interface spec = the robot's "
+                            "own topics in (assembled by it) and its command topics out, as mujoco_sim's robot mode")
     exit_when_done: bool = param(True, "exit after the sim's summary status")
 
     def __post_init__(self) -> None:

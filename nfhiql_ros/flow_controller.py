@@ -1,12 +1,18 @@
 """`flow_controller`: the bundle's low-level (flow) policy at the control rate, behind the safety layer.
 
 Topics (relative names, so a namespace moves them all):
-  in   `observation` (JointState vector; sensor QoS, lossless LOCKSTEP_QOS with trigger `observation`),
-       `goal` (latched; restarts the observation count), `subgoal` (stamped with its planning
-       observation, RELIABLE), `subgoal/log_likelihood` (std_msgs/Float64)
-  out  the command (RELIABLE depth 1) on `command_output`: `sim` (`command`, JointState stamped with the
-       observation it answers), `forward` (`<forward_controller>/commands`, Float64MultiArray) or
-       `servo_twist` (`servo_node/delta_twist_cmds`, TwistStamped); `/diagnostics`.
+  in   the observation: with an `interface`, the robot's own topics (the spec's streams, assembled by
+       `control.assembly`; a stale or bad stream is named in the safe command's reason), else
+       `observation` (JointState vector); lossless LOCKSTEP_QOS with trigger `observation`, sensor QoS
+       otherwise. `goal` (latched; restarts the observation count), `subgoal` (stamped with its
+       planning observation, RELIABLE), `subgoal/log_likelihood` (std_msgs/Float64)
+  out  the command (RELIABLE depth 1): with an `interface`, the spec's command topics (e.g. a Servo
+       TwistStamped and a gripper Float64MultiArray; stamped with the observation answered where they
+       have a header); else `command_output` `sim` (`command`, JointState stamped with the observation
+       it answers) or `forward` (`<forward_controller>/commands`, Float64MultiArray); `/diagnostics`.
+
+With an interface the node first waits (`topic_wait_s`) for every spec topic to be there with its
+type, and refuses to run, naming each missing one, if one is not.
 
 Every decision (which observation and subgoal a command answers, staleness, the safe command, rate
 limit, bounds, OOD) is `nfhiql_core.control.ControllerCore`'s; this node wires topics to it, arms a
@@ -20,7 +26,6 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import TwistStamped
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -28,15 +33,17 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray
 
 from nfhiql_core.atomic_io import save_json
+from nfhiql_core.control.assembly import ObservationAssembler, Unusable, header_stamp
 from nfhiql_core.control.controller import ERROR_REASONS, Command, ControllerCore, Names, Timing
 from nfhiql_core.control.intake import Rejected
 from nfhiql_core.control.safety import CommandFilter, OodMonitor
-from nfhiql_ros.contract import SERVO_TOPIC, ControllerParams
+from nfhiql_ros.contract import ControllerParams
 from nfhiql_ros.diagnostics import ERROR, OK, WARN, CadenceMonitor, run_summary, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
-from nfhiql_ros.policy_common import load_runtime, observation_qos, replan_every
-from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, STATE_QOS, ns_to_stamp, vector_fields, vector_msg
+from nfhiql_ros.policy_common import TopicCheck, load_runtime, observation_qos, replan_every, resolve_interface
+from nfhiql_ros.robot_io import InterfaceOutput, command_topics, observation_topics, subscribe
+from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, STATE_QOS, vector_fields, vector_msg
 
 ACK_TIMEOUT_S = 1.0  # how long shutdown waits for the last safe command to be acknowledged
 QUIET_STATES = ("ok", "starting", "idle", "shutdown")  # not a warning
@@ -48,6 +55,7 @@ class SimOutput:
     def __init__(self, node: Node, names: tuple[str, ...]):
         self.names = names
         self.publisher = node.create_publisher(JointState, "command", COMMAND_QOS)
+        self.publishers = {"command": self.publisher}
 
     def publish(self, command: np.ndarray, stamp: int) -> None:
         self.publisher.publish(vector_msg(command, self.names, stamp))
@@ -58,27 +66,10 @@ class ForwardOutput:
 
     def __init__(self, node: Node, controller: str):
         self.publisher = node.create_publisher(Float64MultiArray, f"{controller.rstrip('/')}/commands", COMMAND_QOS)
+        self.publishers = {"commands": self.publisher}
 
     def publish(self, command: np.ndarray, stamp: int) -> None:
         self.publisher.publish(Float64MultiArray(data=[float(v) for v in command]))
-
-
-class TwistOutput:
-    """`servo_node/delta_twist_cmds`: action components mapped to a TwistStamped (MoveIt Servo)."""
-
-    def __init__(self, node: Node, axes: tuple[int, ...], scale: tuple[float, ...], frame_id: str, action_dim: int):
-        if any(not -1 <= a < action_dim for a in axes):
-            raise ValueError(f"twist_axes entries must be -1 or an action index < {action_dim}, got {list(axes)}")
-        self.axes, self.scale, self.frame_id = axes, scale, frame_id
-        self.publisher = node.create_publisher(TwistStamped, SERVO_TOPIC, COMMAND_QOS)
-
-    def publish(self, command: np.ndarray, stamp: int) -> None:
-        parts = [s * float(command[a]) if a >= 0 else 0.0 for a, s in zip(self.axes, self.scale)]
-        msg = TwistStamped()
-        msg.header.stamp, msg.header.frame_id = ns_to_stamp(stamp), self.frame_id
-        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = parts[:3]
-        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = parts[3:]
-        self.publisher.publish(msg)
 
 
 class FlowController(Node):
@@ -108,9 +99,10 @@ class FlowController(Node):
             Names(meta.observation_names, meta.goal_names, tuple(f"subgoal_{i}" for i in range(meta.subgoal_dim))),
             self.timing, CommandFilter(meta.action_low, meta.action_high, p.safe_command, p.max_delta_per_step),
             self.every, p.trigger == "observation", ood, p.ood_action == "safe_stop", time.perf_counter)
+        self.spec = resolve_interface(p, self.runtime)
+        self.assembler = None if self.spec is None else ObservationAssembler(
+            self.spec, self.timing.max_skew, lockstep=p.trigger == "observation")
         self.output = self._make_output()
-        if p.safe_command == "hold" and p.command_output == "servo_twist":
-            self.get_logger().warning("safe_command 'hold' repeats the last twist: use 'zero' for Servo")
         self.monitor = CadenceMonitor(self.period_s)
         self.reported_state = "starting"
         self._window_alarms = 0
@@ -122,14 +114,18 @@ class FlowController(Node):
         self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
         self.create_subscription(Float64, "subgoal/log_likelihood", self.on_subgoal_log_likelihood, STATE_QOS)
         self.create_subscription(JointState, "subgoal", self.on_subgoal, STATE_QOS)
-        self.create_subscription(JointState, "observation", self.on_observation, observation_qos(p))
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
-        self.create_timer(self.period_s, self.on_tick)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
+        self.topic_check = None
+        if self.spec is None:
+            self.start()
+        else:  # the robot's topics first: no observation is taken before they are all there
+            self.topic_check = TopicCheck(self, observation_topics(self.spec), command_topics(self.spec),
+                                          p.topic_wait_s, self.start)
         t = self.timing
         self.get_logger().info(
             f"trigger {p.trigger}, period {self.period_s * 1e3:.1f} ms, replan every {self.every}, output "
-            f"{p.command_output}, timeouts observation {t.observation_timeout / 1e6:.0f} ms / subgoal "
+            f"{self.output_name}, timeouts observation {t.observation_timeout / 1e6:.0f} ms / subgoal "
             f"{t.subgoal_timeout / 1e6:.0f} ms, clock skew {t.max_skew / 1e6:.0f} ms, safe command "
             f"{p.safe_command}, OOD alarm {'off' if ood is None else self.ood_thresholds}")
 
@@ -143,13 +139,35 @@ class FlowController(Node):
             return None
         return {level: meta.ood_threshold(level) for level in ("high", "low")}
 
-    def _make_output(self) -> SimOutput | ForwardOutput | TwistOutput:
+    def _make_output(self) -> SimOutput | ForwardOutput | InterfaceOutput:
         p, meta = self.params, self.runtime.metadata
+        if self.spec is not None:
+            return InterfaceOutput(self, self.spec, self.period_s)
         if p.command_output == "sim":
             return SimOutput(self, meta.action_names)
-        if p.command_output == "forward":
-            return ForwardOutput(self, p.forward_controller)
-        return TwistOutput(self, p.twist_axes, p.twist_scale, p.twist_frame_id, meta.action_dim)
+        return ForwardOutput(self, p.forward_controller)
+
+    @property
+    def output_name(self) -> str:
+        return "interface " + ", ".join(self.output.publishers) if self.spec is not None else self.params.command_output
+
+    def start(self) -> None:
+        """Take observations and run the control timer (with an interface: once its topics are there)."""
+        p = self.params
+        if self.spec is None:
+            self.create_subscription(JointState, "observation", self.on_observation, observation_qos(p))
+        else:
+            subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(p))
+        self.create_timer(self.period_s, self.on_tick)
+
+    @property
+    def done(self) -> bool:
+        """The run ends early when the robot interface's topics were not there (`exit_status` 1)."""
+        return self.topic_check is not None and bool(self.topic_check.refused)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.done else 0
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -168,6 +186,22 @@ class FlowController(Node):
     def on_observation(self, msg: JointState) -> None:
         self._intake(lambda now: self.core.on_observation(*vector_fields(msg), now))
 
+    def on_robot_message(self, topic: str, msg) -> None:
+        """A robot topic's message: into the assembler; in lockstep a complete state is an observation
+        and a message that cannot be used is answered with the safe command."""
+        now = self.now_ns()
+        try:
+            result = self.assembler.on_message(topic, msg, now)
+        except Rejected as exc:
+            if exc.reason != "invalid":
+                self.get_logger().warning(f"dropped a message: {exc}", throttle_duration_sec=1.0)
+                return
+            self.send(self.core.on_assembly(Unusable(topic, "invalid", str(exc)), now, header_stamp(msg)))
+            self.arm_deadline()
+            return
+        if result is not None and self.core.lockstep:
+            self._intake(lambda now: self.core.on_assembly(result, now))
+
     def _intake(self, handle) -> None:
         now = self.now_ns()
         try:
@@ -182,18 +216,34 @@ class FlowController(Node):
     def on_tick(self) -> None:
         now = self.now_ns()
         late = self.monitor.tick(now) if not self.core.lockstep else False
-        self.send(self.core.on_tick(now), late)
+        self.send(self._assembled(now) or self.core.on_tick(now), late)
         self.arm_deadline()
 
     def on_deadline(self) -> None:
         if self.deadline_timer is not None:
             self.deadline_timer.cancel()
-        self.send(self.core.on_deadline(self.now_ns()))
+        now = self.now_ns()
+        self.send(self._assembled(now) or self.core.on_deadline(now))
         self.arm_deadline()
 
+    def _assembled(self, now: int) -> list[Command]:
+        """Realtime with an interface: the assembler's verdict now (a safe command if a stream is unusable)."""
+        if self.assembler is None or self.core.lockstep:
+            return []
+        try:
+            return self.core.on_assembly(self.assembler.assemble(now), now)
+        except Rejected as exc:  # e.g. the newest stamp is ahead of this clock: counted by the core
+            self.get_logger().warning(f"dropped an observation: {exc}", throttle_duration_sec=1.0)
+            return []
+
     def arm_deadline(self) -> None:
-        """A one-shot timer for the core's next deadline (a lost stream is answered then, not at a tick)."""
-        deadline = self.core.next_deadline()
+        """A one-shot timer for the next deadline of the core or the assembler (a lost stream is answered
+        then, not at a tick)."""
+        deadlines = [self.core.next_deadline()]
+        if self.assembler is not None and not self.core.lockstep:
+            stream = self.assembler.next_deadline(self.now_ns())
+            deadlines.append(None if stream is None else stream + 1)
+        deadline = min((d for d in deadlines if d is not None), default=None)
         if self.deadline_timer is not None:
             self.destroy_timer(self.deadline_timer)
             self.deadline_timer = None
@@ -242,7 +292,9 @@ class FlowController(Node):
         """The run's figures (the report file and the final /diagnostics status)."""
         core, now = self.core, self.now_ns()
         return {"node": "flow_controller", "trigger": self.params.trigger,
-                "command_output": self.params.command_output, **run_summary(self.monitor, now, 1.0 / self.period_s),
+                "command_output": self.output_name,
+                "assembly_drops": dict(sorted(self.assembler.drops.items())) if self.assembler else {},
+                **run_summary(self.monitor, now, 1.0 / self.period_s),
                 "safe_commands": dict(sorted(core.safe.items())), "dropped": dict(sorted(core.dropped.items())),
                 "dropped_reasons": dict(sorted(core.drop_reasons.items())),
                 "ood_alarms": core.ood.alarms if core.ood else 0, "provider": self.runtime.providers[0],
@@ -267,7 +319,7 @@ class FlowController(Node):
             message += f"; OOD alarm ({alarms} in the last {self.params.diagnostics_period_s:g} s)"
         ood = core.ood
         values = {
-            "state": state, "trigger": self.params.trigger, "command_output": self.params.command_output,
+            "state": state, "trigger": self.params.trigger, "command_output": self.output_name,
             "target_rate_hz": 1.0 / self.period_s, **window, "commands": self.monitor.commands,
             "overruns": self.monitor.overruns, "safe_commands": sum(core.safe.values()),
             **{f"safe_{k}": n for k, n in sorted(core.safe.items())}, "dropped": dropped,
@@ -290,7 +342,7 @@ class FlowController(Node):
         command = self.core.shutdown_command(self.now_ns())
         self.output.publish(command.values, command.stamp)
         self.get_logger().info("safe command: shutdown")
-        if not self.output.publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S)):
+        if not all(pub.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT_S)) for pub in self.output.publishers.values()):
             self.get_logger().warning("the shutdown safe command was not acknowledged by every subscriber")
         self.publish_diagnostics()
         summary = self.summary()

@@ -1,9 +1,15 @@
 """mujoco_sim: an OGBench environment standing in for the robot, the ROS side of `sim_run.SimRun`.
 
-Runs the evaluation episodes of one scenario (seeded as `nfhiql eval`'s), publishes `goal`,
-`observation`, `joint_states`, one `sim/episode` status per episode and a summary status at the
-end of the run, steps on commands (lockstep or realtime, see nfhiql_ros/README.md) and writes
-`record_path` and `report_file` on exit.
+Runs the evaluation episodes of one scenario (seeded as `nfhiql eval`'s), publishes `goal`, one
+`sim/episode` status per episode and a summary status at the end of the run, steps on commands
+(lockstep or realtime, see nfhiql_ros/README.md) and writes `record_path` and `report_file` on exit.
+
+Two interfaces. Vector (`robot_spec` ''): `observation` and `joint_states` out, the `command` or
+`forward_command` vector in. Robot mode (`robot_spec` = a robot spec): MuJoCo as the hardware, only
+what the robot and a tracker publish (`evaluation.robot_model`: joint_states, the tcp pose, the
+object pose at the tracker's rate and latency, the gripper contact) and only its command
+interfaces (a Servo TwistStamped, a gripper speed Float64MultiArray), turned back into the env's
+action as the robot's controllers would execute them.
 
     mujoco_sim --ros-args --params-file sim/pointmaze-medium.yaml -p mode:=realtime
 
@@ -12,11 +18,11 @@ callback only when the parameter's annotation *is* the class, not its name.
 """
 import signal
 import sys
-from typing import NamedTuple
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -25,12 +31,16 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.timer import TimerInfo
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
 
 from nfhiql_core.atomic_io import save_json, save_npz
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
 from nfhiql_core.evaluation.names import component_names
+from nfhiql_core.evaluation.robot_model import GRIPPER_JOINT, RobotModel, fill_messages
+from nfhiql_core.evaluation.video import EpisodeFilm
+from nfhiql_core.interface.spec import load_spec
 from nfhiql_ros import ros_io
 from nfhiql_ros.contract import (
     EPISODE_STATUS,
@@ -44,34 +54,20 @@ from nfhiql_ros.contract import (
 )
 from nfhiql_ros.diagnostics import OK, WARN, status_array
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
-from nfhiql_ros.sim_run import SimClock, SimRun, summary_line
+from nfhiql_ros.sim_run import RobotCommands, SimClock, SimRun, Tracker, summary_line
 
 # Episode results: RELIABLE, deep enough that a slow subscriber misses none of a run's statuses.
 STATUS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # Command subscriptions: RELIABLE like ros2_control's; depth 10 so that in lockstep a valid command
 # queued behind rejected ones is never dropped.
 COMMAND_SUB_QOS = ros_io.STATE_QOS
+ROBOT_MESSAGES = {"sensor_msgs/msg/JointState": JointState, "geometry_msgs/msg/PoseStamped": PoseStamped,
+                  "std_msgs/msg/Float64": Float64}
+TWIST_FRAMES = ("", "world")  # the frames a twist may be given in (Servo: '' = its command frame)
 STARTUP_POLL_S = 0.05
 LOCKSTEP_STALL_S = 2.0  # warn when a lockstep run has waited this long for a command
 GOAL_ACK_TIMEOUT_S = 1.0  # wait for the new goal to be acknowledged before the first observation
 FLUSH_TIMEOUT_S = 1.0  # on exit, wait at most this long for subscribers to acknowledge the last statuses
-
-
-class JointTable(NamedTuple):
-    names: list[str]
-    qpos: np.ndarray  # qpos address of each joint
-    qvel: np.ndarray  # dof address of each joint
-
-
-def joint_table(model, prefix: str) -> JointTable:
-    """The model's hinge and slide joints (free and ball joints have no scalar position)."""
-    import mujoco
-
-    scalar = {int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE)}
-    keep = [j for j in range(model.njnt) if int(model.jnt_type[j]) in scalar]
-    names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j) or f"joint_{j}" for j in keep]
-    names = [n[len(prefix):] if prefix and n.startswith(prefix) else n for n in names]
-    return JointTable(names, model.jnt_qposadr[keep].copy(), model.jnt_dofadr[keep].copy())
 
 
 def control_timestep(env) -> float:
@@ -96,9 +92,13 @@ class MujocoSim(Node):
         if len(self.space.shape) != 1 or len(self.env.observation_space.shape) != 1:
             raise ConfigError(f"{self.env_name}: mujoco_sim needs 1-D observation and action spaces")
         self.act_dim = self.space.shape[0]
-        self.obs_names, _ = component_names(self.env_name, self.env.observation_space.shape[0],
-                                            self.env.action_space.shape[0])
-        self.joints = joint_table(u.model, self.p.joint_name_prefix)
+        self.model = RobotModel(self.env)
+        self.robot = bool(self.p.robot_spec)
+        if self.robot:
+            self.obs_names = load_spec(self.p.robot_spec).observation_names
+        else:
+            self.obs_names, _ = component_names(self.env_name, self.env.observation_space.shape[0],
+                                                self.env.action_space.shape[0])
         self.env_period_s = control_timestep(self.env)
         self.period_s = self.p.control_period_s or self.env_period_s
         self.lockstep = self.p.mode == "lockstep"
@@ -107,15 +107,30 @@ class MujocoSim(Node):
                           self.period_s)
 
         # Lockstep: no observation may be lost on the way to the planner, which counts them (README).
-        self.obs_pub = self.create_publisher(
-            JointState, OBSERVATION_TOPIC, ros_io.LOCKSTEP_QOS if self.lockstep else ros_io.STATE_QOS)
+        state_qos = ros_io.LOCKSTEP_QOS if self.lockstep else ros_io.STATE_QOS
         self.goal_pub = self.create_publisher(JointState, GOAL_TOPIC, ros_io.LATCHED_QOS)
-        self.joint_pub = self.create_publisher(JointState, "joint_states", ros_io.STATE_QOS)
         self.status_pub = self.create_publisher(DiagnosticStatus, EPISODE_TOPIC, STATUS_QOS)
-        self.cmd_sub = self.create_subscription(JointState, SIM_COMMAND_TOPIC, self._on_command, COMMAND_SUB_QOS)
-        self.fwd_sub = self.create_subscription(
-            Float64MultiArray, SIM_FORWARD_TOPIC, self._on_forward_command, COMMAND_SUB_QOS)
+        topics = self.model.topics
+        if self.robot:
+            kinds = {topics.joint_states: JointState, topics.tcp_pose: PoseStamped, topics.object_pose: PoseStamped,
+                     topics.contact: Float64}
+            present = fill_messages(self.model.readings(), topics, 1, lambda t: ROBOT_MESSAGES[t]())
+            self.robot_pubs = {topic: self.create_publisher(kinds[topic], topic, state_qos) for topic in present}
+            self.obs_pub = self.robot_pubs[topics.joint_states]  # what the start-up wait counts subscribers on
+            self.commands = RobotCommands(self.lockstep, needs_gripper=self.model.family == "arm")
+            self.tracker = Tracker(self.lockstep, self.period_s, self.p.tracker_rate_hz, self.p.tracker_latency_s,
+                                   self.p.tracker_noise_m, self.p.tracker_dropout, self.p.seed)
+            self.cmd_sub = self.create_subscription(TwistStamped, topics.twist, self._on_twist, COMMAND_SUB_QOS)
+            self.fwd_sub = self.create_subscription(JointTrajectory, topics.gripper, self._on_gripper,
+                                                    COMMAND_SUB_QOS)
+        else:
+            self.obs_pub = self.create_publisher(JointState, OBSERVATION_TOPIC, state_qos)
+            self.joint_pub = self.create_publisher(JointState, "joint_states", ros_io.STATE_QOS)
+            self.cmd_sub = self.create_subscription(JointState, SIM_COMMAND_TOPIC, self._on_command, COMMAND_SUB_QOS)
+            self.fwd_sub = self.create_subscription(
+                Float64MultiArray, SIM_FORWARD_TOPIC, self._on_forward_command, COMMAND_SUB_QOS)
 
+        self.film = EpisodeFilm(self.p.video_path) if self.p.video_path else None
         self.episode: Episode | None = None
         self.clock = SimClock(self.lockstep, self.period_s)
         self.last_step_ns = 0
@@ -143,7 +158,10 @@ class MujocoSim(Node):
 
     # --- start-up ----------------------------------------------------------------------------
     def _controller_connected(self) -> bool:
-        return (self.obs_pub.get_subscription_count() >= self.p.min_observation_subscribers
+        """Lockstep start: every state topic has its subscribers (robot mode: each of the robot's topics,
+        or a state's messages could be lost before they match) and something publishes commands."""
+        state_pubs = self.robot_pubs.values() if self.robot else [self.obs_pub]
+        return (min(p.get_subscription_count() for p in state_pubs) >= self.p.min_observation_subscribers
                 and self.cmd_sub.get_publisher_count() + self.fwd_sub.get_publisher_count() > 0)
 
     def _try_start(self) -> None:
@@ -195,6 +213,32 @@ class MujocoSim(Node):
         else:
             self._accept(action, None, self._now_ns())
 
+    def _on_twist(self, msg: TwistStamped) -> None:
+        t, a = msg.twist.linear, msg.twist.angular
+        twist = np.array([t.x, t.y, t.z, a.x, a.y, a.z])
+        topic = self.cmd_sub.topic_name
+        if not np.isfinite(twist).all():
+            self._reject(f"{topic}: non-finite twist component {int(np.flatnonzero(~np.isfinite(twist))[0])}")
+        elif msg.header.frame_id not in TWIST_FRAMES:
+            self._reject(f"{topic}: twist in frame {msg.header.frame_id!r}; this arm takes {TWIST_FRAMES[1]!r}")
+        elif (ready := self.commands.on_twist(twist, ros_io.stamp_to_ns(msg.header.stamp))) is not None:
+            self._robot_step(*ready)
+
+    def _on_gripper(self, msg: JointTrajectory) -> None:
+        topic = self.fwd_sub.topic_name
+        point = msg.points[0] if msg.points else None
+        if GRIPPER_JOINT not in msg.joint_names or point is None or len(point.velocities) != len(msg.joint_names):
+            self._reject(f"{topic}: expected one point with velocities for {GRIPPER_JOINT}")
+            return
+        speed = float(point.velocities[list(msg.joint_names).index(GRIPPER_JOINT)])
+        if not np.isfinite(speed):
+            self._reject(f"{topic}: non-finite gripper speed")
+        elif (ready := self.commands.on_gripper(speed, ros_io.stamp_to_ns(msg.header.stamp))) is not None:
+            self._robot_step(*ready)
+
+    def _robot_step(self, twist: np.ndarray, gripper: float, stamp: int) -> None:
+        self._accept(self.model.env_action(twist, gripper), stamp or None, self._now_ns())
+
     def _accept(self, action: np.ndarray, stamp: int | None, now: int) -> None:
         """A valid command; `stamp` is the observation it answers (None: forward_command, unstamped)."""
         ignored = self.run.ignored
@@ -219,29 +263,53 @@ class MujocoSim(Node):
         now = self._now_ns()
         self.run.stepped(ep.observation, action, now, latency_s)
         over = ep.step(action, self.max_steps)
+        if self.film is not None:
+            self.film.shoot(self.env, ep.record.length, last=over)
         self.last_step_ns = now
         if over:
-            self._publish_joint_states(self._stamp())  # the terminal state; no observation (no command is due)
+            if not (self.robot and self.lockstep):  # no command is due for the terminal state: in lockstep
+                self._publish_state(self._stamp())  # over robot topics the policy would answer it
             self._finish_episode()
             self._next_episode()
         else:
             self._publish_observation()
 
-    def _publish_joint_states(self, stamp: int) -> None:
-        data = self.env.unwrapped.data
-        msg = JointState()
-        msg.header.stamp = ros_io.ns_to_stamp(stamp)
-        msg.header.frame_id = self.p.frame_id
-        msg.name = self.joints.names
-        msg.position = data.qpos[self.joints.qpos].tolist()
-        msg.velocity = data.qvel[self.joints.qvel].tolist()
-        self.joint_pub.publish(msg)
+    def _publish_state(self, stamp: int) -> None:
+        """The robot's messages for the current state (vector mode: joint_states only)."""
+        messages = fill_messages(self.model.readings(), self.model.topics, stamp, lambda t: ROBOT_MESSAGES[t](),
+                                 self.p.frame_id)
+        if not self.robot:
+            self.joint_pub.publish(messages[self.model.topics.joint_states])
+            return
+        step = self.episode.record.length if self.episode is not None else 0
+        for topic, msg in messages.items():
+            if topic != self.model.topics.object_pose:
+                self.robot_pubs[topic].publish(msg)
+                continue
+            pose = msg.pose
+            measured = self.tracker.measure(step, np.array([pose.position.x, pose.position.y, pose.position.z]))
+            if measured is None:
+                continue
+            (pose.position.x, pose.position.y, pose.position.z), delay = measured[0].tolist(), measured[1]
+            if delay:
+                self._publish_later(topic, msg, delay)
+            else:
+                self.robot_pubs[topic].publish(msg)
+
+    def _publish_later(self, topic: str, msg: PoseStamped, delay_s: float) -> None:
+        def fire() -> None:
+            timer.cancel()
+            self.destroy_timer(timer)
+            self.robot_pubs[topic].publish(msg)
+
+        timer = self.create_timer(delay_s, fire)
 
     def _publish_observation(self, first_of_episode: bool = False) -> None:
         stamp = self._stamp()
         self.run.observed(stamp, first_of_episode)
-        self.obs_pub.publish(ros_io.vector_msg(self.episode.observation, self.obs_names, stamp, self.p.frame_id))
-        self._publish_joint_states(stamp)  # same instant, same stamp
+        if not self.robot:
+            self.obs_pub.publish(ros_io.vector_msg(self.episode.observation, self.obs_names, stamp, self.p.frame_id))
+        self._publish_state(stamp)  # same instant, same stamp
 
     def _next_episode(self) -> None:
         job = self.run.next_job()
@@ -250,6 +318,8 @@ class MujocoSim(Node):
             return
         task_id, ep = job
         self.episode = Episode(self.env, task_id, ep, episode_seed(self.p.seed, task_id, ep))
+        if self.film is not None:
+            self.film.shoot(self.env, 0)
         self.last_step_ns = self._now_ns()
         self.clock.start_episode()
         goal_stamp = self.clock.now(self._now_ns())
@@ -265,6 +335,10 @@ class MujocoSim(Node):
 
     def _finish_episode(self) -> None:
         ep, self.episode = self.episode, None
+        if self.film is not None:
+            self.film.write()
+            self.get_logger().info(f"wrote {self.film.path} ({len(self.film.frames)} frames of the first episode)")
+            self.film = None
         rec = ep.record
         self.run.finished(ep.goal, rec)
         outcome = "success" if rec.success else "failure"

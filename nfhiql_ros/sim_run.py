@@ -105,9 +105,11 @@ class SimClock:
     """The sim's stamps: unique and increasing; in lockstep, simulation time on the wall clock.
 
     Realtime: the clock now. Lockstep: the k-th observation of an episode is stamped with the
-    episode's start plus k control periods (the instant it stands for), but never later than now,
-    so a run faster than real time stamps the clock and no stamp is ever in the future. A paced
-    lockstep run (the teleop) so gets stamps exactly on its schedule, however late each step is.
+    episode's start plus k control periods (the instant it stands for), but never later than now
+    (a run faster than real time stamps the clock: no stamp is ever in the future) and never more
+    than one period earlier (a run slower than real time moves its schedule on: stamps stay fresh
+    for the policy nodes). A paced lockstep run (the teleop) so gets stamps exactly on its schedule
+    while each step is less than a period late, which a loaded machine does not change.
     """
 
     def __init__(self, lockstep: bool, period_s: float) -> None:
@@ -130,6 +132,9 @@ class SimClock:
             return self.now(now_ns)
         if self.origin is None:
             self.origin = max(now_ns, self.last + 1)
+        behind = now_ns - (self.origin + step * self.period_ns)
+        if behind > self.period_ns:
+            self.origin += behind
         return self.now(min(now_ns, self.origin + step * self.period_ns))
 
 
@@ -251,3 +256,66 @@ def summary_line(report: dict[str, Any]) -> str:
     if report["missed_deadlines"] is not None:
         parts.append(f"missed deadlines {report['missed_deadlines']} (period {report['period_s']:g} s)")
     return "; ".join(parts)
+
+
+class RobotCommands:
+    """Robot mode: the twist and the gripper speed that make one env action.
+
+    Lockstep: a step needs the twist and, for an arm, the gripper command answering the latest
+    observation (both stamped with it; they arrive in either order). Realtime: each twist goes out
+    with the latest gripper speed.
+    """
+
+    def __init__(self, lockstep: bool, needs_gripper: bool) -> None:
+        self.lockstep, self.needs_gripper = lockstep, needs_gripper
+        self.gripper, self.gripper_stamp = 0.0, -1
+        self.twist: tuple[np.ndarray, int] | None = None  # lockstep: waiting for its gripper command
+
+    def on_twist(self, twist: np.ndarray, stamp: int) -> tuple[np.ndarray, float, int] | None:
+        """(twist, gripper speed, stamp) to step with, or None (waiting for the gripper command)."""
+        self.twist = (twist, stamp)
+        return self._ready()
+
+    def on_gripper(self, speed: float, stamp: int) -> tuple[np.ndarray, float, int] | None:
+        self.gripper, self.gripper_stamp = speed, stamp
+        return self._ready() if self.lockstep else None
+
+    def _ready(self) -> tuple[np.ndarray, float, int] | None:
+        if self.twist is None:
+            return None
+        twist, stamp = self.twist
+        if self.lockstep and self.needs_gripper and self.gripper_stamp != stamp:
+            return None
+        self.twist = None
+        return twist, self.gripper, stamp
+
+
+class Tracker:
+    """Realtime robot mode: the object tracker's rate, latency, noise and dropouts.
+
+    `measure(step, pose)` says whether the state of env step `step` yields a tracker message, and
+    with which pose (position noise, Gaussian, `noise_m` per axis) and delay (`latency_s`).
+    Lockstep always publishes every state exactly (the observation must be the env's).
+    """
+
+    def __init__(self, lockstep: bool, period_s: float, rate_hz: float, latency_s: float, noise_m: float,
+                 dropout: float, seed: int) -> None:
+        self.exact = lockstep
+        self.every = max(1, round(1.0 / (rate_hz * period_s))) if rate_hz > 0 else 1
+        self.latency_s, self.noise_m, self.dropout = latency_s, noise_m, dropout
+        self.rng = np.random.default_rng(seed)
+        self.sent = self.dropped = 0
+
+    def measure(self, step: int, pose: np.ndarray) -> tuple[np.ndarray, float] | None:
+        if self.exact:
+            return pose, 0.0
+        if step % self.every:
+            return None
+        if self.dropout and self.rng.random() < self.dropout:
+            self.dropped += 1
+            return None
+        pose = pose.copy()
+        if self.noise_m:
+            pose[:3] += self.rng.normal(0.0, self.noise_m, 3)
+        self.sent += 1
+        return pose, self.latency_s

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from nfhiql_ros.contract import EXECUTORS, MODES, OUTPUTS, SIM_FORWARD_TOPIC, TRIGGER
+from nfhiql_ros.contract import EXECUTORS, INTERFACES, MODES, OUTPUTS, SIM_FORWARD_TOPIC, TRIGGER
 
 PACKAGE = "nfhiql_ros"
 
@@ -81,8 +81,11 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("control_period_s", "", "controller (and realtime sim) period in s; 0 = the bundle's / env's; "
              "'' = the parameter file", type=float),
     Argument("executor", "", "rclpy executor of the policy nodes; '' = the parameter file", EXECUTORS),
-    Argument("command_output", "", "sim (JointState `command`), forward (ros2_control forward controller) or "
-             "servo_twist (MoveIt Servo); '' = the parameter file", OUTPUTS),
+    Argument("interface", "", "robot: the robot's own topics (mujoco_sim's robot mode; the policy nodes "
+             "assemble observations and send commands by the bundle's interface spec) or vector (the "
+             "observation/command vectors); '' = the parameter files", INTERFACES),
+    Argument("command_output", "", "vector interface: sim (JointState `command`) or forward (ros2_control "
+             "forward controller); '' = the parameter file", OUTPUTS),
     Argument("providers", "", "ONNX Runtime providers in priority order, comma-separated (e.g. CUDA,CPU); "
              "'' = the parameter file", many=True),
     Argument("tasks", "", "evaluation task ids, e.g. 1,2,3 or [1, 2, 3]; '' = the scenario file (1..5)",
@@ -93,6 +96,8 @@ ARGUMENTS: tuple[Argument, ...] = (
              "file", type=int),
     Argument("record_path", "", "mujoco_sim's per-step trajectory log (npz, written on exit; relative to the "
              "current directory); '' = the parameter file (default: off)"),
+    Argument("video", "", "render the sim's first episode from its camera to this .gif/.mp4 (headless EGL; "
+             "relative to the current directory); '' = off"),
 )
 ARGUMENT_DEFAULTS: dict[str, str] = {a.name: a.default for a in ARGUMENTS}
 
@@ -222,6 +227,14 @@ def _parse_tasks(value: str) -> list[int]:
     return tasks
 
 
+def _robot_interface(argument: str, policy_files: dict, sim_files: dict | None, with_sim: bool, stack: str) -> bool:
+    """Whether the stack runs through the robot interface (argument, else the parameter files)."""
+    robot = argument == "robot" if argument else bool(policy_files.get("interface"))
+    if robot and with_sim and not (sim_files or {}).get("robot_spec"):
+        raise StackError(f"interface robot: the {stack} scenario file sets no robot_spec for mujoco_sim")
+    return robot
+
+
 def resolve_path(value: str, base: Path) -> str:
     """An absolute path: `value` as is if absolute, else relative to `base`."""
     path = Path(os.path.expanduser(value))
@@ -298,15 +311,22 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
             raise StackError(f"providers must name at least one provider, got {args['providers']!r}")
         set_policy("providers", providers)
 
+    robot = _robot_interface(args["interface"], policy_files, files.get("mujoco_sim"), with_sim, stack)
+    set_policy("interface", "bundle" if robot else "")
+    sim_spec = str(files.get("mujoco_sim", {}).get("robot_spec") or "")
+    if with_sim and (robot or sim_spec):  # robot mode: the scenario's spec; vector: none
+        over["mujoco_sim"]["robot_spec"] = resolve_path(sim_spec, base) if robot else ""
+
     output = args["command_output"] or str(policy_files.get("command_output", "sim"))
     if args["command_output"]:
+        if robot:
+            raise StackError("command_output applies to the vector interface: with interface robot the bundle's "
+                             "interface spec names the command topics")
         over["flow_controller"]["command_output"] = output
     remaps: dict[str, tuple[tuple[str, str], ...]] = {}
-    if with_sim and output == "forward":  # the sim takes forward-controller arrays on its own input
+    if with_sim and output == "forward" and not robot:  # the sim takes forward-controller arrays on its own input
         controller = str(policy_files.get("forward_controller", "forward_position_controller")).rstrip("/")
         remaps["mujoco_sim"] = ((SIM_FORWARD_TOPIC, f"{controller}/commands"),)
-    elif with_sim and output == "servo_twist":
-        raise StackError("command_output servo_twist needs MoveIt Servo (a real arm): use it with sim:=false")
 
     if with_sim:
         if args["tasks"]:
@@ -318,8 +338,11 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
             raise StackError("episodes_per_task must be >= 1")
         if args["record_path"]:
             over["mujoco_sim"]["record_path"] = resolve_path(args["record_path"], here)
+        if args["video"]:
+            over["mujoco_sim"]["video_path"] = resolve_path(args["video"], here)
     else:
-        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed", "record_path") if args[k]]
+        ignored = [k for k in ("tasks", "episodes_per_task", "max_episode_steps", "seed", "record_path", "video")
+                   if args[k]]
         if ignored:
             raise StackError(f"{', '.join(ignored)} configure the sim: they need sim:=true")
 

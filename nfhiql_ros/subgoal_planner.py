@@ -1,10 +1,12 @@
 """`subgoal_planner`: the bundle's high-level policy, re-planning every `replan_every` observations.
 
-Subscribes `observation` (sensor QoS; lossless LOCKSTEP_QOS with trigger `observation`) and `goal`
-(latched); publishes `subgoal` (stamped with the observation it was planned from) and
-`subgoal/log_likelihood` (std_msgs/Float64, published first), both RELIABLE. Which observations
-are planned on is `nfhiql_core.control.PlannerCore`'s decision (the shared re-plan rule,
-docs/design/lockstep.md); `rate_hz` > 0 sets replan_every from a rate instead (realtime only).
+Subscribes the observation — with an `interface` the robot's own topics, assembled like the
+controller's (`control.assembly`; realtime: sampled every control period), else `observation` —
+(sensor QoS; lossless LOCKSTEP_QOS with trigger `observation`) and `goal` (latched); publishes
+`subgoal` (stamped with the observation it was planned from) and `subgoal/log_likelihood`
+(std_msgs/Float64, published first), both RELIABLE. Which observations are planned on is
+`nfhiql_core.control.PlannerCore`'s decision (the shared re-plan rule, docs/design/lockstep.md);
+`rate_hz` > 0 sets replan_every from a rate instead (realtime only).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
 
 from nfhiql_core.atomic_io import save_json
+from nfhiql_core.control.assembly import Assembled, ObservationAssembler
 from nfhiql_core.control.intake import Rejected
 from nfhiql_core.control.planner import PlannerCore, PlanRequest
 from nfhiql_core.deploy.runtime import NonFiniteOutputError
@@ -26,7 +29,8 @@ from nfhiql_ros.contract import PlannerParams
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
-from nfhiql_ros.policy_common import load_runtime, observation_qos, replan_every
+from nfhiql_ros.policy_common import TopicCheck, load_runtime, observation_qos, replan_every, resolve_interface
+from nfhiql_ros.robot_io import observation_topics, subscribe
 from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, vector_fields, vector_msg, vector_names
 
 
@@ -60,12 +64,36 @@ class SubgoalPlanner(Node):
         self.failures = 0
         # `goal` first: when a goal and the next observation are ready together, the goal is taken first.
         self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
-        self.create_subscription(JointState, "observation", self.on_observation, observation_qos(self.params))
         self.log_likelihood_pub = self.create_publisher(Float64, "subgoal/log_likelihood", STATE_QOS)
         self.subgoal_pub = self.create_publisher(JointState, "subgoal", STATE_QOS)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.create_timer(self.params.diagnostics_period_s, self.publish_diagnostics)
+        self.spec = resolve_interface(self.params, self.runtime)
+        self.assembler = None
+        self.topic_check = None
+        if self.spec is None:
+            self.create_subscription(JointState, "observation", self.on_observation, observation_qos(self.params))
+        else:
+            self.assembler = ObservationAssembler(self.spec, int(1e9 * self.params.max_clock_skew_s),
+                                                  lockstep=self.params.trigger == "observation")
+            self.topic_check = TopicCheck(self, observation_topics(self.spec), {}, self.params.topic_wait_s,
+                                          self.start_interface)
         self.get_logger().info(f"planning every {self.every} observations (trigger {self.params.trigger})")
+
+    def start_interface(self) -> None:
+        """The robot's topics are there: subscribe them (realtime: sample the assembly each control period)."""
+        subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(self.params))
+        if self.params.trigger == "timer":
+            self.create_timer(self.spec.period_ns / 1e9, self.on_sample)
+
+    @property
+    def done(self) -> bool:
+        """The run ends early when the robot interface's topics were not there (`exit_status` 1)."""
+        return self.topic_check is not None and bool(self.topic_check.refused)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.done else 0
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -77,8 +105,29 @@ class SubgoalPlanner(Node):
             self.get_logger().warning(f"dropped a message: {exc}", throttle_duration_sec=1.0)
 
     def on_observation(self, msg: JointState) -> None:
+        self._observe(lambda now: self.core.on_observation(*vector_fields(msg), now))
+
+    def on_robot_message(self, topic: str, msg) -> None:
+        """Lockstep: a complete state of the robot's topics is an observation."""
+        now = self.now_ns()
         try:
-            request = self.core.on_observation(*vector_fields(msg), self.now_ns())
+            result = self.assembler.on_message(topic, msg, now)
+        except Rejected as exc:
+            self.get_logger().warning(f"dropped a message: {exc}", throttle_duration_sec=1.0)
+            return
+        if result is not None and self.params.trigger == "observation":
+            self._observe(lambda now: self.core.on_observation(result.values, result.stamp, (), now))
+
+    def on_sample(self) -> None:
+        """Realtime: the assembled observation, when usable and new, counts as one observation."""
+        result = self.assembler.assemble(self.now_ns())
+        stamp = self.core.observation.stamp
+        if isinstance(result, Assembled) and (stamp is None or result.stamp > stamp):
+            self._observe(lambda now: self.core.on_observation(result.values, result.stamp, (), now))
+
+    def _observe(self, handle) -> None:
+        try:
+            request = handle(self.now_ns())
         except Rejected as exc:
             self.get_logger().warning(f"dropped a message: {exc}", throttle_duration_sec=1.0)
             return

@@ -10,7 +10,10 @@ themselves (`pace: false`, commands go out at once).
 At every new goal it publishes an episode marker on `teleop/episode` (a stamped vector
 [episode index], stamped with the goal's stamp, i.e. before the episode's first observation;
 latched like the goal, so a recorder that subscribes late still gets the current episode's).
-It exits after the sim's summary status.
+It exits after the sim's summary status. With `robot_spec` it works like the robot's operator: the
+observation is assembled from the robot's own topics by that spec and the commands go out on its
+command topics (a Servo twist and a gripper trajectory for the arm), so a recording of it converts
+with the same spec.
 
 The oracles are OGBench's (`nfhiql_core.data.oracles`): point mazes (BFS direction to the goal plus
 Gaussian noise) and cube-single (the pick-and-place plan oracle with correlated plan noise), run
@@ -28,13 +31,17 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
+from nfhiql_core.control.assembly import ObservationAssembler
+from nfhiql_core.control.intake import Rejected
 from nfhiql_core.data.oracles import make_oracle
 from nfhiql_core.evaluation.episodes import canonical_env_name, make_env
+from nfhiql_core.interface.spec import load_spec
 from nfhiql_ros import ros_io
 from nfhiql_ros.contract import SUMMARY_STATUS, TeleopParams
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.mujoco_sim import STATUS_QOS, control_timestep
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.robot_io import InterfaceOutput, observation_topics, subscribe
 
 MARKER_TOPIC = "teleop/episode"
 
@@ -62,10 +69,17 @@ class Teleop(Node):
         self.done = False
         # Goal first: when goal and observation are both ready, rclpy takes them in creation order.
         self.create_subscription(JointState, "goal", self._on_goal, ros_io.LATCHED_QOS)
-        self.obs_sub = self.create_subscription(JointState, "observation", self._on_observation,
-                                                ros_io.LOCKSTEP_QOS if self.p.pace else ros_io.SENSOR_QOS)
+        qos = ros_io.LOCKSTEP_QOS if self.p.pace else ros_io.SENSOR_QOS
+        self.assembler = self.output = None
+        if self.p.robot_spec:
+            spec = load_spec(self.p.robot_spec)
+            self.assembler = ObservationAssembler(spec, max_skew_ns=int(1e9), lockstep=self.p.pace)
+            self.output = InterfaceOutput(self, spec, self.period_ns * 1e-9)
+            subscribe(self, observation_topics(spec), self._on_robot_message, qos)
+        else:
+            self.obs_sub = self.create_subscription(JointState, "observation", self._on_observation, qos)
+            self.command_pub = self.create_publisher(JointState, "command", ros_io.COMMAND_QOS)
         self.create_subscription(DiagnosticStatus, "sim/episode", self._on_status, STATUS_QOS)
-        self.command_pub = self.create_publisher(JointState, "command", ros_io.COMMAND_QOS)
         self.marker_pub = self.create_publisher(JointState, MARKER_TOPIC, ros_io.LATCHED_QOS)
         self.get_logger().info(f"{self.oracle.family} oracle teleop for {name}: noise {self.p.noise}, "
                                f"seed {self.p.seed}, " + (f"paced at {self.period_ns * 1e-9:g} s" if self.p.pace
@@ -92,6 +106,18 @@ class Teleop(Node):
         except ros_io.MessageError as e:
             self.get_logger().warning(f"observation ignored: {e}")
             return
+        self._answer(obs, stamp)
+
+    def _on_robot_message(self, topic: str, msg) -> None:
+        try:
+            result = self.assembler.on_message(topic, msg, self._now_ns())
+        except Rejected as e:
+            self.get_logger().warning(f"robot message ignored: {e}")
+            return
+        if result is not None:
+            self._answer(result.values, result.stamp)
+
+    def _answer(self, obs: np.ndarray, stamp: int) -> None:
         if self.goal is None or stamp < self.goal_stamp:  # before any goal, or of the previous episode
             return
         if self.step == 0:  # the schedule starts at the first observation: its stamp if our clocks agree
@@ -114,7 +140,10 @@ class Teleop(Node):
         self._publish(action, stamp)
 
     def _publish(self, action: np.ndarray, stamp: int) -> None:
-        self.command_pub.publish(ros_io.vector_msg(action, self.names, stamp))
+        if self.output is not None:
+            self.output.publish(action, stamp)
+        else:
+            self.command_pub.publish(ros_io.vector_msg(action, self.names, stamp))
 
     def _on_status(self, msg: DiagnosticStatus) -> None:
         if msg.name == SUMMARY_STATUS:

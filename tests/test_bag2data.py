@@ -18,11 +18,11 @@ from recipes import write_recipe
 
 from nfhiql_core import cli
 from nfhiql_core.bags.bag2data import bag2data, sidecar_path, typestore
-from nfhiql_core.bags.extract import JointSelector, JointStateDecoder, deserializer
-from nfhiql_core.bags.spec import FieldSpec, load_spec
 from nfhiql_core.bags.spill import SpillArray, write_npz
 from nfhiql_core.data.dataset import load_dataset
 from nfhiql_core.errors import ConfigError, DatasetError
+from nfhiql_core.interface.extract import JointSelector, JointStateDecoder, deserializer
+from nfhiql_core.interface.spec import FieldSpec, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 DT = SEC // 10  # 10 Hz

@@ -162,13 +162,13 @@ AGREEMENT_CASES = {
         ["--bundle", "/opt/bundles/b", "--mode", "realtime", "--rate-hz", "2", "--control-period-s", "0.05",
          "--executor", "events", "--providers", "CPU", "CUDA", "--tasks", "1", "3", "--episodes-per-task", "2",
          "--max-episode-steps", "10", "--seed", "4", "--replan-every", "5", "--command-output", "forward",
-         "--record-path", "/tmp/run.npz"],
+         "--record-path", "/tmp/run.npz", "--interface", "vector"],
         {"bundle": "/opt/bundles/b", "mode": "realtime", "rate_hz": "2.0", "control_period_s": "0.05",
          "executor": "events", "providers": "CPU,CUDA", "tasks": "1,3", "episodes_per_task": "2",
          "max_episode_steps": "10", "seed": "4", "replan_every": "5", "command_output": "forward",
-         "record_path": "/tmp/run.npz"}),
-    "hardware": (["--no-sim", "--bundle", "/opt/b", "--command-output", "servo_twist", "--mode", "realtime"],
-                 {"sim": "false", "bundle": "/opt/b", "command_output": "servo_twist", "mode": "realtime"}),
+         "record_path": "/tmp/run.npz", "interface": "vector"}),
+    "hardware": (["--no-sim", "--bundle", "/opt/b", "--interface", "robot", "--mode", "realtime"],
+                 {"sim": "false", "bundle": "/opt/b", "interface": "robot", "mode": "realtime"}),
 }
 
 
@@ -178,13 +178,14 @@ def test_launch_file_and_bringup_start_the_same_nodes(name, case, launch_file, s
     options, arguments = AGREEMENT_CASES[case]
     launched = from_launch(launch_file(name), arguments, share)
     started = from_bringup(name, options)
-    if not options or "--bundle" not in options:  # the file's relative bundle: each resolves it against its base
-        for nodes, base in ((launched, share), (started, stack.find_base_dir())):
-            for i, node in enumerate(nodes):
-                if node[3] and "bundle" in next(iter(node[3].values()))["ros__parameters"]:
-                    params = next(iter(node[3].values()))["ros__parameters"]
-                    assert Path(params["bundle"]).is_relative_to(base)
-                    params["bundle"] = str(Path(params["bundle"]).relative_to(base))
+    # the files' relative bundle and robot spec: each resolves them against its base
+    for nodes, base in ((launched, share), (started, stack.find_base_dir())):
+        for node in nodes:
+            params = next(iter(node[3].values()))["ros__parameters"] if node[3] else {}
+            for key in ("bundle", "robot_spec"):
+                if params.get(key) and not (key == "bundle" and "--bundle" in options):
+                    assert Path(params[key]).is_relative_to(base)
+                    params[key] = str(Path(params[key]).relative_to(base))
     assert launched == started
     names = [n[1] for n in started]
     assert names == (["mujoco_sim"] if case != "hardware" else []) + ["subgoal_planner", "flow_controller"]
@@ -253,11 +254,15 @@ def test_plan_resolves_paths_and_rejects_inconsistent_arguments(tmp_path) -> Non
     assert nodes["subgoal_planner"].overrides["bundle"] == str(tmp_path / "b")
     assert nodes["flow_controller"].overrides["trigger"] == "observation"  # lockstep ⇒ observation trigger
     assert nodes["mujoco_sim"].overrides == {"mode": "lockstep"}
+    with pytest.raises(stack.StackError, match="vector interface"):  # robot commands come from the spec
+        stack.plan("manipulation", {"command_output": "forward"}, base_dir=ROOT)
     # forward commands reach the sim on its forward-controller input
-    nodes = {n.name: n for n in stack.plan("manipulation", {"command_output": "forward"}, base_dir=ROOT)}
+    nodes = {n.name: n for n in stack.plan("manipulation", {"interface": "vector", "command_output": "forward"},
+                                           base_dir=ROOT)}
     assert nodes["mujoco_sim"].remappings == (("forward_command", "forward_position_controller/commands"),)
     for bad, match in (({"mode": "realtime", "rate_hz": "x"}, "number"), ({"rate_hz": "5"}, "lockstep"),
-                       ({"command_output": "servo_twist"}, "sim:=false"), ({"sim": "false", "tasks": "1"}, "sim"),
+                       ({"interface": "robot"}, "sets no robot_spec"),
+                       ({"sim": "false", "tasks": "1"}, "sim"),
                        ({"mode": "fast"}, "mode"), ({"tasks": "0"}, "tasks"), ({"nope": "1"}, "unknown"),
                        ({"episodes_per_task": "0"}, "episodes_per_task")):
         with pytest.raises(stack.StackError, match=match):
@@ -412,9 +417,10 @@ class _Recording:
 
 
 def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, reaper) -> None:
-    """The manipulation stack in lockstep (two episodes, so an episode boundary; re-plan every 4)
-    steps exactly the trajectory of `nfhiql eval BUNDLE --replan-every 4` in this process, with the
-    same success and lengths, and a second run steps it again."""
+    """The manipulation stack in lockstep through the robot interface (mujoco_sim's robot mode, the
+    bundle's spec; two episodes, so an episode boundary; re-plan every 4) steps exactly the trajectory
+    of `nfhiql eval BUNDLE --replan-every 4 --interface bundle` in this process, with the same
+    success and lengths, and a second run steps it again."""
     from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
     from nfhiql_core.evaluation.episodes import make_env
     from nfhiql_core.evaluation.protocol import evaluate
@@ -429,7 +435,8 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
     runtime = PolicyRuntime(CUBE_BUNDLE, ["CPUExecutionProvider"])
     policy = _Recording(BundlePolicy(runtime, every))
     result = evaluate(policy, runtime.metadata.env, episodes_per_task=1, task_ids=[int(t) for t in tasks],
-                      max_steps=steps, progress=False)
+                      max_steps=steps, progress=False, interface=runtime.metadata.interface_spec())
+    assert result.interface_max_action_error <= 1e-9
     env = make_env(runtime.metadata.env)
     space = env.action_space
     env.close()
@@ -441,7 +448,8 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
         assert rec["lengths"].tolist() == [e.length for e in result.episodes]
         assert {t: v["success"] for t, v in report["tasks"].items()} == {
             str(t): s for t, s in result.per_task_success.items()}
-        assert np.array_equal(rec["observations"].astype(np.float32), np.array(policy.observations))
+        # the sim records the env's own observation; the policy saw it assembled from the robot's topics
+        np.testing.assert_allclose(rec["observations"], np.array(policy.observations), atol=1e-6)
         assert np.array_equal(rec["actions"], actions)
     assert np.array_equal(records[0]["observations"], records[1]["observations"])  # float64, as the env stepped
     assert np.array_equal(records[0]["actions"], records[1]["actions"])

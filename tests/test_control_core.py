@@ -260,3 +260,25 @@ def test_planner_controller_and_bundle_policy_replan_on_the_same_steps(every: in
     schedule = ReplanSchedule(every)
     schedule.reset(T0)
     assert runtime.planned == planned == [k for k in range(11) if schedule.observe(k)[0]]
+
+
+def test_an_unusable_stream_is_one_safe_command_naming_it_until_a_usable_observation() -> None:
+    """Realtime with the robot interface: the assembler's verdict. A stale stream is the safe command
+    at once (named in its detail), the same one every tick after (not a new one per verdict), and
+    the policy resumes with the next assembled observation."""
+    from nfhiql_core.control.assembly import Assembled, Unusable
+
+    core = make()
+    feed(core, T0)
+    assert core.on_tick(T0 + PERIOD)[0].reason is None
+    stale = Unusable("/cube/pose", "stale", "/cube/pose: last message 260 ms old (max age 250 ms)")
+    (first,) = core.on_assembly(stale, T0 + 2 * PERIOD)
+    assert first.reason == "stale_observation" and "/cube/pose" in first.detail and not first.values.any()
+    again = stale._replace(detail="/cube/pose: last message 270 ms old (max age 250 ms)")
+    assert core.on_assembly(again, T0 + 2 * PERIOD + MS) == []  # already the state: no extra command
+    tick = core.on_tick(T0 + 3 * PERIOD)
+    assert tick[0].reason == "stale_observation" and "270 ms" in tick[0].detail
+    core.on_assembly(Assembled(np.zeros(2), T0 + 3 * PERIOD), T0 + 3 * PERIOD)
+    core.on_subgoal((0.5, 0.5), T0 + 3 * PERIOD, (), T0 + 3 * PERIOD)
+    assert core.on_tick(T0 + 3 * PERIOD + MS)[0].reason is None
+    assert core.on_assembly(Assembled(np.zeros(2), T0 + 3 * PERIOD), T0 + 4 * PERIOD) == []  # same sample again

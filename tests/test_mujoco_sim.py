@@ -30,9 +30,10 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from nfhiql_core.errors import ConfigError  # noqa: E402
 from nfhiql_core.evaluation.episodes import make_env  # noqa: E402
 from nfhiql_core.evaluation.protocol import evaluate  # noqa: E402
+from nfhiql_core.evaluation.robot_model import RobotModel  # noqa: E402
 from nfhiql_ros import ros_io  # noqa: E402
 from nfhiql_ros.contract import SUMMARY_STATUS, SimParams  # noqa: E402
-from nfhiql_ros.mujoco_sim import STATUS_QOS, joint_table  # noqa: E402
+from nfhiql_ros.mujoco_sim import STATUS_QOS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAZE = "pointmaze-medium-navigate-v0"
@@ -304,7 +305,7 @@ def test_scenario_files_are_parameter_files_for_the_sim() -> None:
         assert set(params) <= fields
         SimParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
     cube = make_env("cube-single-play-v0")
-    names = joint_table(cube.unwrapped.model, "ur5e/").names
+    names = RobotModel(cube).joints.names
     assert names[:2] == ["shoulder_pan_joint", "shoulder_lift_joint"] and len(names) == 14  # no free joint
     with pytest.raises(ConfigError, match="mode"):
         SimParams(mode="fast")

@@ -123,7 +123,7 @@ def test_parameter_file_keys_are_declared_parameters(name: str) -> None:
 
 ALL_ARGUMENTS = {"mode": "realtime", "replan_every": "5", "rate_hz": "2", "control_period_s": "0.05",
                  "executor": "events", "command_output": "forward", "providers": "CPU", "tasks": "1,3",
-                 "episodes_per_task": "2", "max_episode_steps": "10", "seed": "3"}
+                 "episodes_per_task": "2", "max_episode_steps": "10", "seed": "3", "interface": "vector"}
 
 
 @pytest.mark.parametrize("name", sorted(stack.STACKS))

@@ -29,10 +29,10 @@ SERVICE_TIMEOUT_S = 60.0  # discovery and start-up of a fresh process on a loade
 
 def test_command_line_parameters_parse_only_ros_args_sections() -> None:
     args = ["prog", "-p", "x:=1", "--ros-args", "-r", "__node:=n", "-p", "command_output:=forward",
-            "--param", "twist_axes:=[0, 1, 2, -1, -1, -1]", "-p", "ratio:=0.5", "-p", "flag:=true", "--",
+            "--param", "tasks:=[0, 1, 2, -1, -1, -1]", "-p", "ratio:=0.5", "-p", "flag:=true", "--",
             "-p", "ignored:=1"]
     got = {p.name: p.value for p in command_line_parameters(args)}
-    assert got == {"command_output": "forward", "twist_axes": [0, 1, 2, -1, -1, -1], "ratio": 0.5, "flag": True}
+    assert got == {"command_output": "forward", "tasks": [0, 1, 2, -1, -1, -1], "ratio": 0.5, "flag": True}
 
 
 @pytest.mark.parametrize("params_cls", [ControllerParams, PlannerParams, SimParams, TeleopParams])
@@ -44,7 +44,7 @@ def test_every_parameter_has_a_description_and_is_read_only(params_cls: type) ->
         assert d.read_only, f"{params_cls.__name__}.{field.name}: no node re-reads a parameter after start-up"
     ranges = {f.name: descriptor(f) for f in dataclasses.fields(ControllerParams)}
     assert ranges["subgoal_wait_s"].floating_point_range[0].to_value == 60.0
-    assert "one of: sim, forward, servo_twist" in ranges["command_output"].additional_constraints
+    assert "one of: sim, forward" in ranges["command_output"].additional_constraints
 
 
 def _call(node, executor, client, request):
@@ -63,6 +63,7 @@ def test_command_line_beats_the_parameter_file_and_read_only_is_refused(tmp_path
     proc = subprocess.Popen(
         [sys.executable, "-m", "nfhiql_ros.flow_controller", "--ros-args", "-r", "__ns:=/params_test",
          "--params-file", str(ROOT / "config/manipulation.yaml"), "-p", "command_output:=forward",
+         "-p", "interface:=''",
          "-p", f"bundle:={ROOT / 'bundles/cube-single-play'}", "-p", "providers:=[CPUExecutionProvider]"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = rclpy.Context()
@@ -82,7 +83,7 @@ def test_command_line_beats_the_parameter_file_and_read_only_is_refused(tmp_path
         assert [v.string_value for v in values] == ["forward", "observation"]
 
         (d,) = _call(node, executor, describe, DescribeParameters.Request(names=["command_output"])).descriptors
-        assert d.read_only and "MoveIt Servo" in d.description and d.additional_constraints
+        assert d.read_only and "forward command controller" in d.description and d.additional_constraints
 
         value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value="sim")
         (result,) = _call(node, executor, set_, SetParameters.Request(

@@ -413,15 +413,28 @@ def test_killed_planner_holds_the_subgoal_then_stops_safely(ros, bundle) -> None
     assert any(level == 1 and v["state"] == "stale_subgoal" for _, level, v in driver.status("flow_controller"))
 
 
-def test_forward_and_servo_outputs_and_sigint_sends_a_safe_command(ros, bundle, runtime) -> None:
+SERVO_SPEC = """
+rate_hz: 10.0
+observation:
+  - {topic: NS/observation, type: sensor_msgs/msg/JointState, names: [x, y], element_names: [x, y]}
+action:
+  fields:
+    - {topic: NS/servo_node/delta_twist_cmds, type: geometry_msgs/msg/TwistStamped, names: [vy, vx],
+       scale: [1.0, 0.5], element_names: [dx, dy], frame_id: tool0}
+"""  # NS: the test's namespace (a spec's topics are absolute)
+
+
+def test_forward_and_servo_outputs_and_sigint_sends_a_safe_command(ros, bundle, runtime, tmp_path) -> None:
+    """The forward output, and a robot interface whose command is a Servo twist (action 0 → vy, action 1
+    → vx at twice its value) and whose observation is the driver's JointState, joints by name."""
     driver, launch = ros
     shared = common(bundle, replan_every=2)
     lockstep = {"trigger": "observation", "observation_timeout_s": 10.0, "subgoal_wait_s": 5.0}
-    axes, scale = [1, 0, -1, -1, -1, 0], [2.0, 1.0, 1.0, 1.0, 1.0, 0.5]
+    spec = tmp_path / "servo.yaml"
+    spec.write_text(SERVO_SPEC.replace("NS/", f"{driver.namespace}/"))
     launch("subgoal_planner", {**shared, "executor": "events"})
     forward = launch("flow_controller", {**shared, **lockstep, "command_output": "forward"}, name="forward_ctrl")
-    servo = launch("flow_controller", {**shared, **lockstep, "command_output": "servo_twist", "executor": "events",
-                                       "twist_axes": axes, "twist_scale": scale, "twist_frame_id": "tool0"},
+    servo = launch("flow_controller", {**shared, **lockstep, "interface": str(spec), "executor": "events"},
                    name="servo_ctrl")
     driver.wait_for_graph(observation_subs=3, subgoal_subs=2)
     goal = np.array([12.0, 16.0])
@@ -434,7 +447,7 @@ def test_forward_and_servo_outputs_and_sigint_sends_a_safe_command(ros, bundle, 
     for (_, got), want in zip(driver.forward, expected):
         assert np.array_equal(got, want)
     for (_, _, twist), want in zip(driver.twists, expected):
-        assert np.array_equal(twist, [2 * want[1], want[0], 0.0, 0.0, 0.0, 0.5 * want[0]])
+        assert np.array_equal(twist, [2 * want[1], want[0], 0.0, 0.0, 0.0, 0.0])
     assert not any(is_zero(v) for _, v in driver.forward)
     n_forward, n_twist = len(driver.forward), len(driver.twists)
     forward.send_signal(signal.SIGINT)

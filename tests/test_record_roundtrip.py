@@ -25,9 +25,11 @@ from recipes import write_recipe  # noqa: E402
 
 from nfhiql_core import cli  # noqa: E402
 from nfhiql_core.bags.bag2data import bag2data, typestore  # noqa: E402
+from nfhiql_core.interface.spec import load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "config" / "bags" / "pointmaze-sim.yaml"
+CUBE_SPEC = REPO / "config" / "robots" / "ur5e-robotiq-cube.yaml"
 ROUNDTRIP_DOMAIN, RECORD_DOMAIN, CUBE_DOMAIN = 101, 102, 103
 TASKS, STEPS = (1, 3), 15  # two 15-step episodes at 10 Hz
 BAGS = [("mcap", "none"), ("mcap", "message"), ("sqlite3", "none"), ("sqlite3", "file")]
@@ -73,18 +75,29 @@ class Processes:
                 proc.wait(timeout=10)
 
 
-def record_demos(procs: Processes, env: str, tasks: tuple, steps: int, bags: dict) -> None:
-    """Recorders (one per bag), then the teleop, then the sim; returns once all have exited cleanly."""
+def record_demos(procs: Processes, env: str, tasks: tuple, steps: int, bags: dict, robot_spec: Path | None = None
+                 ) -> None:
+    """Recorders (one per bag), then the teleop, then the sim; returns once all have exited cleanly.
+    With `robot_spec` the sim and the teleop speak the robot's own topics, and those are recorded."""
     work = procs.workdir
+    topics, commands = TOPICS, ["/command"]
+    robot = {}
+    if robot_spec is not None:
+        spec = load_spec(robot_spec)
+        commands = [f.topic for f in spec.action.fields]
+        topics = [*spec.topics, "/teleop/episode", "/goal", "/sim/episode"]
+        robot = {"robot_spec": robot_spec}
     for (storage, compression), bag in bags.items():
-        procs.node(f"rec-{storage}-{compression}", "nfhiql_ros.recorder", output=bag, topics=tuple(TOPICS),
+        procs.node(f"rec-{storage}-{compression}", "nfhiql_ros.recorder", output=bag, topics=tuple(topics),
                    storage=storage, compression=compression)
-    teleop = procs.node("teleop", "nfhiql_ros.teleop", env=env, noise=0.3 if "maze" in env else -1.0, seed=1)
+    teleop = procs.node("teleop", "nfhiql_ros.teleop", env=env, noise=0.3 if "maze" in env else -1.0, seed=1,
+                        **robot)
     for storage, compression in bags:  # every recorder listens to the teleop before the sim starts
-        for topic in ("/command", "/teleop/episode"):
+        for topic in (*commands, "/teleop/episode"):
             procs.wait_for_log(f"rec-{storage}-{compression}", f"subscribed {topic}", timeout=60)
     sim = procs.node("sim", "nfhiql_ros.mujoco_sim", env=env, mode="lockstep", tasks=tasks, max_episode_steps=steps,
-                     start_delay_s=0.2, record_path=work / "sim.npz", min_observation_subscribers=1 + len(bags))
+                     start_delay_s=0.2, record_path=work / "sim.npz", min_observation_subscribers=1 + len(bags),
+                     **robot)
     assert sim.wait(timeout=90) == 0, procs.log("sim")
     assert teleop.wait(timeout=15) == 0, procs.log("teleop")
     for storage, compression in bags:
@@ -167,20 +180,23 @@ def test_converted_demos_train(demo_run, tmp_path) -> None:
     assert (tmp_path / "run" / "train.csv").read_text().count("\n") >= 2
 
 
-def test_cube_demonstration_through_ros(tmp_path) -> None:
-    """The arm: the teleop's plan oracle solves a cube-single task in the sim over ROS, and the
-    recorded (mcap + zstd) demonstration converts with config/bags/cube-sim.yaml to the sim's log."""
+def test_cube_demonstration_on_the_robots_topics(tmp_path) -> None:
+    """The arm through its robot interface: the teleop's plan oracle solves a cube-single task with
+    the sim in robot mode (joint_states, tcp pose, tracker, contact out; Servo twist and gripper
+    trajectory in), and the recorded (mcap + zstd) robot topics convert with the same spec
+    (config/robots/ur5e-robotiq-cube.yaml) to the sim's log."""
     procs = Processes(tmp_path, CUBE_DOMAIN)
     bag = tmp_path / "cube-demo"
     try:
-        record_demos(procs, "cube-single-play-v0", (1,), 150, {("mcap", "message"): bag})
+        record_demos(procs, "cube-single-play-v0", (1,), 150, {("mcap", "message"): bag}, robot_spec=CUBE_SPEC)
     finally:
         procs.close()
     sim = np.load(tmp_path / "sim.npz")
     assert sim["successes"].tolist() == [True]  # the demonstration does the task
-    result = bag2data([bag], REPO / "config" / "bags" / "cube-sim.yaml", tmp_path / "cube.npz", progress=False)
+    result = bag2data([bag], CUBE_SPEC, tmp_path / "cube.npz", progress=False)
     assert_matches_sim_log(result, np.load(tmp_path / "cube.npz"), sim)
-    print(f"cube: task 1 solved in {sim['lengths'][0]} steps, demonstration = the sim's log")
+    assert "/tcp_pose_broadcaster/pose" in result.summary["bags"][0]["topics"]
+    print(f"cube: task 1 solved in {sim['lengths'][0]} steps on the robot's topics, demonstration = the sim's log")
 
 
 def test_nfhiql_record_cli_duration_force_and_refusal(tmp_path, capsys) -> None:

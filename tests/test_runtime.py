@@ -133,11 +133,12 @@ def _set_element(bundle, field: str, index: int, value: float) -> None:
 
 
 def _wrong_obs_dim(bundle) -> None:
-    """obs_dim (and its names, so the metadata is consistent) disagree with the ONNX models."""
+    """obs_dim (and its names, so the metadata is consistent; no robot interface to disagree with)
+    disagree with the ONNX models."""
     meta = json.loads((bundle / "bundle.json").read_text())
     dim = meta["obs_dim"] + 1
     _edit_metadata(bundle, obs_dim=dim, goal_dim=dim, observation_names=[f"o{i}" for i in range(dim)],
-                   goal_names=[f"g{i}" for i in range(dim)])
+                   goal_names=[f"g{i}" for i in range(dim)], interface=None)
 
 
 def _corrupt_model(bundle) -> None:
@@ -167,6 +168,8 @@ BAD_BUNDLES = {
     "negative period": (lambda b: _edit_metadata(b, control_period_s=-0.1), "control_period_s must be"),
     "NaN OOD threshold": (lambda b: _edit_metadata(b, ood_log_likelihood={"high": float("nan"), "low": 0.0}),
                           "ood_log_likelihood needs finite"),
+    "interface of another robot": (lambda b: _edit_metadata(b, interface={**json.loads(
+        (b / "bundle.json").read_text())["interface"], "rate_hz": 5.0}), "interface: rate_hz 5 is not the bundle's"),
     "obs_dim disagrees with the models": (_wrong_obs_dim, "model input 'observation' has shape ['batch', 2], but "
                                           "bundle.json's dims say (batch, 3)"),
 }

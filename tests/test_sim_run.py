@@ -97,7 +97,7 @@ def test_lockstep_stamps_are_the_schedule_however_late_each_step_is() -> None:
     goal = clock.now(1_000)
     clock.start_episode()
     origin = clock.step(2_000, 0)
-    lateness = [0, 3, 45, 1, 30, 49]  # ms after each tick
+    lateness = [0, 3, 45, 1, 30, 49]  # ms after each tick, all less than a period
     stamps = [clock.step(origin + k * 50_000_000 + ms * 1_000_000, k) for k, ms in enumerate(lateness)]
     assert goal < origin and stamps[0] == origin + 1  # unique: the origin was already stamped
     assert np.diff(stamps[1:]).tolist() == [50_000_000] * 4
@@ -111,6 +111,18 @@ def test_lockstep_faster_than_real_time_stamps_the_clock_never_the_future() -> N
     assert stamps == nows
     clock.start_episode()  # the next episode starts from its own first state, after every stamp
     assert clock.step(nows[-1], 0) == nows[-1] + 1
+
+
+def test_lockstep_slower_than_real_time_moves_its_schedule_on() -> None:
+    """A step served more than a period late (rendering, a stalled sim) re-anchors the schedule there,
+    so no stamp lags the clock by more than a period (the policy nodes would call it stale)."""
+    clock = SimClock(lockstep=True, period_s=0.05)
+    clock.start_episode()
+    origin = clock.step(0, 0)
+    ms = 1_000_000
+    assert clock.step(130 * ms, 1) == 130 * ms  # 80 ms behind its tick (50 ms): now, the new anchor
+    assert clock.step(185 * ms, 2) == 180 * ms  # on the new schedule again, 5 ms late
+    assert origin == 1  # the first stamp of a fresh clock
 
 
 def test_realtime_stamps_are_the_clock_and_unique() -> None:

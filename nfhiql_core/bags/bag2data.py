@@ -5,7 +5,7 @@ Each bag is converted on its own (episodes never span bags), in bounded memory:
 
 1. Stream, in log-time order: every message on a mapped topic is deserialized once, stamped
    (header stamp or log time, per the spec; a stamp may never decrease within a topic), its values
-   extracted (`bag_extract`) and appended to that topic's on-disk `SpillArray`s. Silences longer
+   extracted (`nfhiql_core.interface.extract`) and appended to that topic's on-disk `SpillArray`s. Silences longer
    than `episodes.max_gap_s` and episode markers are noted. Memory: one message and one block of
    rows per topic, whatever the bag's size.
 2. Cut episodes: each marker starts an episode (data before the first marker is pre-roll and
@@ -34,13 +34,13 @@ import numpy as np
 from tqdm import tqdm
 
 from nfhiql_core.atomic_io import ensure_writable, save_json
-from nfhiql_core.bags.extract import ExtractError, deserializer, make_decoder, one_line, stamp_getter, value_fields
-from nfhiql_core.bags.spec import QUATERNION, BagSpec, FieldSpec, load_spec
 from nfhiql_core.bags.spill import SpillArray, write_npz
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import to_dict
 from nfhiql_core.data.dataset import Dataset
 from nfhiql_core.errors import BagError
+from nfhiql_core.interface.extract import ExtractError, deserializer, make_decoder, one_line, stamp_getter, value_fields
+from nfhiql_core.interface.spec import QUATERNION, FeatureMap, FieldSpec, InterfaceSpec, load_spec
 
 BLOCK_ROWS = 1024  # grid rows resampled at a time
 SIDECAR_SUFFIX = ".json"  # OUT.npz → OUT.npz.json
@@ -64,12 +64,13 @@ def sidecar_path(output: str | Path) -> Path:
 class _Stream:
     """One mapped topic: its stamps and extracted values on disk, and running statistics."""
 
-    def __init__(self, index: int, topic: str, fields: list[FieldSpec], reader, spec: BagSpec, tmpdir: Path):
+    def __init__(self, index: int, topic: str, fields: list[FieldSpec], reader, spec: InterfaceSpec, tmpdir: Path):
         self.topic, self.msgtype, self.fields = topic, fields[0].type, fields
         header = spec.time_source == "header" and stamp_getter(reader.typestore.types[self.msgtype]) is not None
-        self.decode = make_decoder(fields, reader.typestore.types[self.msgtype], reader.deserialize, header)
+        self.decode = make_decoder(fields, reader.typestore.types[self.msgtype], reader.deserialize, header,
+                                   align_quaternions=spec.interpolation == "linear")
         self.stamp_field = "header.stamp" if header else "log time"
-        dims = [f.dim for f in fields]
+        dims = [f.raw_dim for f in fields]
         self.slices = [slice(a, a + d) for a, d in zip(np.cumsum([0] + dims[:-1]), dims)]
         self.columns = [name for f in fields for name in value_fields(f)]  # for error messages
         self.quaternions = [np.array([sl.start + f.names.index(c) for c in QUATERNION])
@@ -119,7 +120,7 @@ class _Stream:
 class _Markers:
     """The episode-marker topic: only the times of its messages."""
 
-    def __init__(self, topic: str, msgtype: str, reader, spec: BagSpec):
+    def __init__(self, topic: str, msgtype: str, reader, spec: InterfaceSpec):
         self.topic = topic
         self.stamp = stamp_getter(reader.typestore.types[msgtype]) if spec.time_source == "header" else None
         self.decode = deserializer(reader.deserialize, msgtype)
@@ -219,12 +220,12 @@ def _open_reader(path: Path):
     return reader
 
 
-def _field_keys(spec: BagSpec) -> list[tuple[str, FieldSpec]]:
+def _field_keys(spec: InterfaceSpec) -> list[tuple[str, FieldSpec]]:
     return ([(f"observation[{i}]", f) for i, f in enumerate(spec.observation)]
             + [(f"action.fields[{i}]", f) for i, f in enumerate(spec.action.fields)])
 
 
-def _check_topics(path: Path, spec: BagSpec, topics: dict) -> None:
+def _check_topics(path: Path, spec: InterfaceSpec, topics: dict) -> None:
     """Every spec topic is in the bag, with the spec's type and some messages."""
     listing = ", ".join(f"{name} [{info.msgtype}]" for name, info in sorted(topics.items())) or "no topics"
     wanted = [(key, f.topic, f.type) for key, f in _field_keys(spec)]
@@ -240,7 +241,7 @@ def _check_topics(path: Path, spec: BagSpec, topics: dict) -> None:
             raise BagError(f"{path}: topic {topic} ({key}): no messages in the bag")
 
 
-def _read_bag(path: Path, spec: BagSpec, tmpdir: Path, progress: bool) -> _Bag:
+def _read_bag(path: Path, spec: InterfaceSpec, tmpdir: Path, progress: bool) -> _Bag:
     """Pass 1: stream every message of the mapped topics into per-topic spill files."""
     tmpdir.mkdir()
     reader = _open_reader(path)
@@ -365,7 +366,7 @@ class _Output:
             array.close()
 
 
-def _convert_bag(bag: _Bag, spec: BagSpec, out: _Output, episodes: list[dict]) -> dict:
+def _convert_bag(bag: _Bag, spec: InterfaceSpec, out: _Output, episodes: list[dict]) -> dict:
     """Pass 2: resample every episode of `bag` into `out`; returns how episodes were cut."""
     tolerance = _tolerance_ns(spec)
     _, from_gaps = _cuts(bag, tolerance)
@@ -377,7 +378,7 @@ def _convert_bag(bag: _Bag, spec: BagSpec, out: _Output, episodes: list[dict]) -
     return counts
 
 
-def _convert_episode(bag: _Bag, spec: BagSpec, out: _Output, start: int, stop: int, how: str,
+def _convert_episode(bag: _Bag, spec: InterfaceSpec, out: _Output, start: int, stop: int, how: str,
                      number: int) -> tuple[int, int]:
     """Resample one episode [start, stop) into `out`; returns (t_start, rows)."""
     ranges = [(s.times.searchsorted(start), s.times.searchsorted(stop)) for s in bag.streams]
@@ -430,12 +431,12 @@ def _episode_end(bag: _Bag, ranges: list[tuple[int, int]]) -> int:
     return min(min(ends), last)
 
 
-def _tolerance_ns(spec: BagSpec) -> int:
+def _tolerance_ns(spec: InterfaceSpec) -> int:
     """How late a sample may be stamped and still count for a row (zoh only)."""
     return round(spec.tolerance_s * 1e9) if spec.interpolation == "zoh" else 0
 
 
-def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: BagSpec, tol: int) -> np.ndarray:
+def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: InterfaceSpec, tol: int) -> np.ndarray:
     """Values of stream `s` (samples [i0, i1) of the episode) at the grid times."""
     j0 = max(i0, s.times.searchsorted(grid[0] + tol, "right") - 1)
     j1 = min(i1, s.times.searchsorted(grid[-1] + tol, "right") + 1)
@@ -455,18 +456,17 @@ def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: Bag
 
 
 def _assemble(bag: _Bag, fields: Sequence[FieldSpec], samples: list[np.ndarray]) -> np.ndarray:
-    """Concatenate fields (scaled and offset) from the per-stream samples."""
+    """Concatenate the fields' values (`FieldSpec.features`) from the per-stream samples."""
     index = {s.topic: i for i, s in enumerate(bag.streams)}
-    parts = []
+    raw = []
     for f in fields:
         i = index[f.topic]
         stream = bag.streams[i]
-        scale, offset = f.affine()
-        parts.append(samples[i][:, stream.slices[stream.fields.index(f)]] * scale + offset)
-    return np.concatenate(parts, axis=1)
+        raw.append(samples[i][:, stream.slices[stream.fields.index(f)]])
+    return FeatureMap(fields)(np.concatenate(raw, axis=1))
 
 
-def _delta_actions(spec: BagSpec, observations: np.ndarray) -> np.ndarray:
+def _delta_actions(spec: InterfaceSpec, observations: np.ndarray) -> np.ndarray:
     """(next row - row) of the `delta_of` observation fields, times delta_scale; 0 for the last row."""
     ends = np.cumsum([0] + [f.dim for f in spec.observation])
     start = {f.label: (ends[i], ends[i + 1]) for i, f in enumerate(spec.observation)}

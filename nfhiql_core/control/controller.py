@@ -21,12 +21,15 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from nfhiql_core.control.assembly import Assembled, Unusable
 from nfhiql_core.control.intake import Rejected, Stream, check_vector
 from nfhiql_core.control.replan import ReplanSchedule
 from nfhiql_core.control.safety import CommandFilter, OodAlarm, OodMonitor
 
 SUBGOALS_KEPT = 32
-ERROR_REASONS = ("no_observation", "stale_observation", "non_finite_output")  # the other safe reasons are WARN
+ERROR_REASONS = ("no_observation", "stale_observation", "invalid_observation",
+                 "non_finite_output")  # the other safe reasons are WARN
+UNUSABLE_REASONS = {"missing": "no_observation", "stale": "stale_observation", "invalid": "invalid_observation"}
 Policy = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (obs, subgoal) -> (action, log-lik)
 
 
@@ -89,6 +92,7 @@ class ControllerCore:
         self.pending: Pending | None = None
         self.subgoals: OrderedDict[int, np.ndarray] = OrderedDict()
         self.idle_sent = False
+        self.fault: tuple[str, str, str] | None = None  # a stream that cannot be used: (reason, detail, topic)
         self.state, self.detail = "starting", ""
         self.safe: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()  # by topic
@@ -146,6 +150,7 @@ class ControllerCore:
             raise self._reject(exc) from None
         self.latest_obs = obs
         self.idle_sent = False
+        self.fault = None
         if not self.lockstep:
             return []
         plan_stamp = self.schedule.observe(stamp)[1] if self.schedule.goal_stamp is not None else None
@@ -153,6 +158,30 @@ class ControllerCore:
             self.dropped["superseded_observation"] += 1
         self.pending = Pending(obs, stamp, plan_stamp, now)
         return self._answer_pending(now)
+
+    def on_assembly(self, result: Assembled | Unusable, now: int, stamp: int | None = None) -> list[Command]:
+        """The observation assembler's verdict (robot interface; `control.assembly`).
+
+        Assembled: an observation like `on_observation`'s (timer trigger: one not newer than the
+        last is the same sample again, not a drop). Unusable: the safe command right away, naming
+        the stream, and until a usable observation arrives; in lockstep it answers the message
+        stamped `stamp` (an invalid message), so the run goes on.
+        """
+        if isinstance(result, Assembled):
+            if not self.lockstep and self.observation.stamp is not None and result.stamp <= self.observation.stamp:
+                return []
+            return self.on_observation(result.values, result.stamp, (), now)
+        reason = UNUSABLE_REASONS[result.reason]
+        known = self.fault is not None and self.fault[::2] == (reason, result.topic) and self.state == reason
+        self.fault = (reason, result.detail, result.topic)
+        if self.lockstep:
+            if stamp is None:
+                return []
+            self.pending = None
+            return [self._safe(reason, stamp, result.detail)]
+        if known:
+            return []  # that safe command is already going out every tick
+        return [self._safe(reason, self.observation.stamp or now, result.detail)]
 
     # ---- decisions
 
@@ -185,6 +214,8 @@ class ControllerCore:
 
     def _verdict(self, now: int) -> tuple[str, int, str] | None:
         """Timer trigger: why the safe command is due now (reason, stamp, detail), or None."""
+        if self.fault is not None:
+            return self.fault[0], self.observation.stamp or now, self.fault[1]
         age = self.observation.age_ns(now)
         if age is None:
             return "no_observation", now, ""

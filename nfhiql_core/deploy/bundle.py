@@ -2,7 +2,8 @@
 
     BUNDLE_DIR/
       bundle.json   metadata (`BundleMetadata`): dims, names, action bounds, subgoal space and its
-                    normalisation, subgoal steps, control period, env, training config, checksums
+                    normalisation, subgoal steps, control period, env, training config, checksums,
+                    the robot interface spec the policy was trained with
       high.onnx     (observation, goal, z)    -> (subgoal, log_prob)   subgoal already normalised
       low.onnx      (observation, subgoal, z) -> (action, log_prob)    action NOT clipped (see runtime)
 
@@ -19,11 +20,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from nfhiql_core.atomic_io import save_json
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.config import from_dict
+from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
+from nfhiql_core.interface.spec import InterfaceSpec
 
 FORMAT = "nfhiql-bundle/1"
 METADATA_FILE = "bundle.json"
@@ -112,6 +115,7 @@ class BundleMetadata:
     versions: dict[str, str]
     training_config: dict[str, Any]
     ood_log_likelihood: dict[str, Any] | None = None  # None: exported without its dataset (no alarm)
+    interface: dict[str, Any] | None = None  # the robot interface spec (nfhiql_core.interface); None: vectors only
 
     def model(self, level: str) -> ModelInfo:
         """The ModelInfo of level 'high' or 'low'."""
@@ -120,6 +124,10 @@ class BundleMetadata:
     def noise_dim(self, level: str) -> int:
         """Dimension of the base noise z of a level (= its output dimension)."""
         return self.subgoal_dim if level == "high" else self.action_dim
+
+    def interface_spec(self) -> InterfaceSpec | None:
+        """The robot interface the policy was trained with (validated at load), None without one."""
+        return None if self.interface is None else from_dict(InterfaceSpec, self.interface, "bundle interface")
 
     def ood_threshold(self, level: str) -> float | None:
         """The OOD alarm threshold on a level's log-likelihood, or None when the bundle has none."""
@@ -216,6 +224,25 @@ def validate_metadata(meta: BundleMetadata, where: str) -> None:
     ood = meta.ood_log_likelihood
     if ood is not None and not all(_finite(ood.get(level)) for level in LEVELS):
         fail(f"ood_log_likelihood needs finite numbers 'high' and 'low', got {ood!r}")
+    if meta.interface is not None:
+        try:
+            spec = meta.interface_spec()
+        except ConfigError as exc:
+            fail(f"interface: {exc}")
+        check_interface(meta, spec, fail)
+
+
+def check_interface(meta: BundleMetadata, spec: InterfaceSpec, fail: Callable[[str], None]) -> None:
+    """`spec` fits the bundle: the same observation and action names, its rate the control period."""
+    for what, ours, theirs in (("observation", meta.observation_names, spec.observation_names),
+                               ("action", meta.action_names, spec.action_names)):
+        if tuple(theirs) != tuple(ours):
+            fail(f"interface: its {what} has {len(theirs)} values named {list(theirs)[:3]}…, the bundle's "
+                 f"{len(ours)} named {list(ours)[:3]}…")
+    if meta.control_period_s is not None and not math.isclose(1.0 / spec.rate_hz, meta.control_period_s,
+                                                              rel_tol=1e-6):
+        fail(f"interface: rate_hz {spec.rate_hz:g} is not the bundle's control rate "
+             f"({1.0 / meta.control_period_s:g} Hz)")
 
 
 def load_bundle(bundle_dir: str | os.PathLike, verify_checksums: bool = True) -> Bundle:
@@ -245,3 +272,16 @@ def check_dims(meta: BundleMetadata, where: str, obs_dim: int | None = None, goa
                                  ("action", action_dim, meta.action_dim)):
         if have is not None and have != expected:
             raise BundleError(f"{where}: bundle expects {name} dim {expected}, caller has {have}")
+
+
+def attach_interface(bundle_dir: str | os.PathLike, spec: InterfaceSpec) -> BundleMetadata:
+    """Embed (or replace) the robot interface of a verified bundle; its names become the bundle's.
+    bundle.json is rewritten atomically and resealed; the models are untouched."""
+    bundle = load_bundle(bundle_dir)
+    meta = bundle.metadata
+    data = {**to_dict(meta), "interface": to_dict(spec), "observation_names": list(spec.observation_names),
+            "goal_names": list(spec.observation_names), "action_names": list(spec.action_names)}
+    new = from_dict(BundleMetadata, data, "bundle metadata")
+    validate_metadata(new, f"{bundle.path / METADATA_FILE} with this interface")
+    save_json(bundle.path / METADATA_FILE, sealed(to_dict(new)))
+    return new

@@ -22,7 +22,7 @@ import gymnasium
 import numpy as np
 from tqdm.auto import tqdm
 
-from nfhiql_core.atomic_io import atomic_open, save_json
+from nfhiql_core.atomic_io import save_json
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.evaluation.episodes import (
     VIDEO_SEEDS,
@@ -33,9 +33,9 @@ from nfhiql_core.evaluation.episodes import (
     make_env,
     quiet_gymnasium,
 )
-
-VIDEO_FRAME_SKIP = 3  # render every 3rd step, like OGBench's `video_frame_skip`
-VIDEO_FPS = 15
+from nfhiql_core.evaluation.through_interface import InterfaceEnv
+from nfhiql_core.evaluation.video import VIDEO_FRAME_SKIP, check_video_path, write_video
+from nfhiql_core.interface.spec import InterfaceSpec
 
 
 class PolicyError(NfhiqlError, ValueError):
@@ -80,6 +80,8 @@ class EvalResult:
     num_envs: int
     max_steps: int | None = None
     video_path: str | None = None
+    # Through a robot interface (`evaluate(interface=...)`): max |executed env action - policy action|; else None.
+    interface_max_action_error: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (task ids become string keys)."""
@@ -174,35 +176,7 @@ def _record_video(
                 frames.append(env.render().copy())
     finally:
         env.close()
-    _write_video(frames, path)
-
-
-def _check_video_path(path: Path) -> None:
-    """Fail before any episode runs if the video cannot be written."""
-    suffix = path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise ConfigError(f"{path}: video path must end in .gif or .mp4")
-    if suffix == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401  (imageio's mp4 backend)
-        except ImportError:
-            raise ConfigError(f"{path}: writing .mp4 needs imageio-ffmpeg; use a .gif path") from None
-
-
-def _write_video(frames: list[np.ndarray], path: Path) -> None:
-    """Write frames as an animated GIF (PIL) or, for '.mp4', with imageio-ffmpeg; atomically."""
-    if path.suffix.lower() == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in frames]
-        with atomic_open(path, "wb") as f:
-            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=1000 // VIDEO_FPS, loop=0)
-    else:
-        import imageio.v2 as imageio
-
-        tmp = path.with_name(f".{path.stem}.tmp.mp4")  # ffmpeg picks the container from the suffix
-        imageio.mimwrite(tmp, frames, fps=VIDEO_FPS)
-        os.replace(tmp, path)
+    write_video(frames, path)
 
 
 def _check_args(env: gymnasium.Env, episodes_per_task: int, task_ids: Sequence[int], num_envs: int) -> None:
@@ -224,6 +198,7 @@ def evaluate(
     video_path: str | os.PathLike | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    interface: InterfaceSpec | None = None,
 ) -> EvalResult:
     """Evaluate `policy` on `episodes_per_task` episodes of each task (default: all tasks).
 
@@ -232,29 +207,39 @@ def evaluate(
     episode), so a deterministic row-wise policy gives identical results for any `num_envs`.
     Actions are clipped to the action space. `video_path` (.gif, or .mp4 with imageio-ffmpeg)
     additionally renders one uncounted task-1 episode. `max_steps` caps episode length below the
-    env's time limit (a test/debug knob; results with it are not the OGBench protocol).
+    env's time limit (a test/debug knob; results with it are not the OGBench protocol). `interface`
+    runs every observation and action through a robot interface spec (`InterfaceEnv`), as the ROS
+    stack does with mujoco_sim's robot mode.
     """
     start = time.perf_counter()
     if video_path is not None:
-        _check_video_path(Path(video_path))
+        check_video_path(Path(video_path))
     env_name = canonical_env_name(env_name)
     num_envs = num_envs or episodes_per_task
-    envs = [make_env(env_name)]
+
+    def new_env() -> gymnasium.Env:
+        return make_env(env_name) if interface is None else InterfaceEnv(make_env(env_name), interface)
+
+    envs = [new_env()]
     tasks = list(task_ids) if task_ids is not None else list(range(1, len(envs[0].unwrapped.task_infos) + 1))
     _check_args(envs[0], episodes_per_task, tasks, num_envs)
     jobs = deque((t, ep) for t in tasks for ep in range(episodes_per_task))
-    envs += [make_env(env_name) for _ in range(min(num_envs, len(jobs)) - 1)]
+    envs += [new_env() for _ in range(min(num_envs, len(jobs)) - 1)]
     try:
         with tqdm(total=len(jobs), desc=f"eval {env_name}", unit="ep", disable=not progress) as bar:
             records = _run_episodes(policy, envs, jobs, seed, max_steps, bar)
+        action_error = max(env.max_action_error for env in envs) if interface is not None else None
     finally:
         for env in envs:
             env.close()
     records.sort(key=lambda r: (r.task_id, r.episode))
     if video_path is not None:
         _record_video(policy, env_name, seed, max_steps, Path(video_path))
-    return _summarise(records, env_name, episodes_per_task, seed, tasks, time.perf_counter() - start,
-                      num_envs, max_steps, None if video_path is None else str(video_path))
+    result = _summarise(records, env_name, episodes_per_task, seed, tasks, time.perf_counter() - start,
+                        num_envs, max_steps, None if video_path is None else str(video_path))
+    if interface is not None:
+        result.interface_max_action_error = action_error
+    return result
 
 
 def _summarise(

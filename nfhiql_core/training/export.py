@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -36,6 +37,8 @@ from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo,
 from nfhiql_core.deploy.runtime import LevelSession
 from nfhiql_core.errors import NfhiqlError, OutputExistsError
 from nfhiql_core.evaluation.names import component_names
+from nfhiql_core.interface.robots import env_spec
+from nfhiql_core.interface.spec import InterfaceSpec, load_spec
 from nfhiql_core.training.checkpoint import load_checkpoint
 
 OPSET = 18
@@ -248,12 +251,15 @@ def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent
 
 def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, env: str | None = None,
                   control_period_s: float | None = None, force: bool = False, opset: int = OPSET,
-                  atol: float = PARITY_ATOL, dataset: str | None = None) -> BundleMetadata:
+                  atol: float = PARITY_ATOL, dataset: str | None = None,
+                  interface: str | os.PathLike | None = None) -> BundleMetadata:
     """Export `checkpoint` to a verified bundle at `output_dir` and return its metadata.
 
     `env` defaults to the env in the checkpoint's recipe; `control_period_s` defaults to that env's
     control period; `dataset` (for the OOD thresholds) defaults to the recipe's training dataset.
-    Refuses a non-empty `output_dir` unless `force`.
+    `interface` (a robot interface spec file) defaults to the spec the training data was converted
+    with (its bag2data sidecar), else the env's shipped spec (config/robots/), else none; its names
+    become the bundle's. Refuses a non-empty `output_dir` unless `force`.
     """
     out = Path(output_dir)
     _check_output(out, force)
@@ -263,6 +269,10 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
     desc = _env_description(env_name, agent.obs_dim, agent.action_dim)
     if control_period_s is not None:
         desc["control_period_s"] = control_period_s
+    spec = _interface(interface, ckpt.config, env_name)
+    if spec is not None:
+        desc.update(observation_names=tuple(spec.observation_names), action_names=tuple(spec.action_names),
+                    interface=to_dict(spec))
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)  # beside the target (same file system: the final rename is atomic)
     try:
@@ -277,6 +287,20 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return metadata
+
+
+def _interface(path: str | os.PathLike | None, config: dict[str, Any], env_name: str | None
+               ) -> InterfaceSpec | None:
+    """The robot interface to embed (see `export_bundle`)."""
+    if path is not None:
+        return load_spec(path)
+    data_path = (config.get("dataset") or {}).get("path")
+    sidecar = Path(f"{data_path}.json") if data_path else None
+    if sidecar is not None and sidecar.is_file():
+        summary = json.loads(sidecar.read_text())
+        if isinstance(summary, dict) and "spec" in summary:
+            return from_dict(InterfaceSpec, summary["spec"], f"{sidecar}: spec")
+    return env_spec(env_name)
 
 
 def _metadata(agent: HIQLAgent, config: dict[str, Any], step: int, checkpoint: Path, env_name: str | None,

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from nfhiql_core.interface.spec import load_spec
 from nfhiql_ros import stack as stack_mod
 from nfhiql_ros.bringup.monitor import SPIN_S, Monitor
 from nfhiql_ros.bringup.run_report import ReportError, build_report, format_report, read_node_report, report_path
@@ -83,6 +84,15 @@ def with_bringup_overrides(plan: list[stack_mod.NodeLaunch], params: dict[str, d
             extra[GATE_PARAMETER] = int(params["mujoco_sim"].get(GATE_PARAMETER, 1)) + 1
         out.append(dataclasses.replace(node, overrides={**node.overrides, **extra}))
     return out
+
+
+def _robot_topics(robot_spec: str | None) -> dict[str, type] | None:
+    """The robot-mode sim's state topics (what its spec observes) and their message classes."""
+    if not robot_spec:
+        return None
+    from nfhiql_ros.robot_io import MESSAGE_CLASSES, observation_topics
+
+    return {topic: MESSAGE_CLASSES[kind] for topic, kind in observation_topics(load_spec(robot_spec)).items()}
 
 
 def _bundle_info(path: str) -> dict[str, Any]:
@@ -193,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"nfhiql-bringup: planner and controller {'up' if time.monotonic() <= ready_by else 'NOT seen'} "
                   f"after {time.monotonic() - t0:.1f} s", flush=True)
             if sim:
-                monitor.open_observation_gate()
+                monitor.open_observation_gate(_robot_topics(sim.get("robot_spec")))
                 start("mujoco_sim")
         children = {c.name: c for c in supervisor.children}
         while True:

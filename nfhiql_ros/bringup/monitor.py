@@ -53,20 +53,22 @@ class Monitor:
         self.observation_gate = None
         self.observed = False
 
-    def open_observation_gate(self) -> None:
-        """Subscribe to `observation` until the first one arrives: counted by mujoco_sim's
+    def open_observation_gate(self, topics: dict[str, type] | None = None) -> None:
+        """Subscribe to the sim's state topics (`observation`, or in robot mode the robot's topics:
+        topic → message class) until the first message arrives: counted by mujoco_sim's
         min_observation_subscribers, it holds a lockstep start until the sim has matched this node
         (and so the `sim/episode` reader next to it). DDS discovery between processes started
         together can take seconds here; without the gate a short run's results could be missed."""
-        self.observation_gate = self.node.create_subscription(
-            self._joint_state, OBSERVATION_TOPIC, self._on_observation, self._sensor_qos)
+        self.observation_gate = [self.node.create_subscription(kind, topic, self._on_observation, self._sensor_qos)
+                                 for topic, kind in (topics or {OBSERVATION_TOPIC: self._joint_state}).items()]
 
     def _on_observation(self, msg) -> None:
         self.observed = True
 
     def close_observation_gate(self) -> None:
         if self.observation_gate is not None and self.observed:
-            self.node.destroy_subscription(self.observation_gate)
+            for subscription in self.observation_gate:
+                self.node.destroy_subscription(subscription)
             self.observation_gate = None
 
     def _on_episode(self, msg) -> None:

@@ -1,4 +1,7 @@
-"""Per-topic decoding: one serialized (CDR) message → (stamp in ns, float64 vector of its values).
+"""Per-topic decoding: one message → (stamp in ns, float64 vector of its raw values).
+
+Bags hand serialized (CDR) messages to a `make_decoder` decoder; the live nodes hand rclpy message
+objects to `message_extractor`'s, which read the same attributes: one extraction code path.
 
 One decoder per topic serves every spec field on that topic (their values concatenated in spec
 order), so each message is decoded once. Messages are deserialized with the rosbags type store,
@@ -18,7 +21,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from nfhiql_core.bags.spec import (
+from nfhiql_core.interface.spec import (
+    BOOL,
+    FLOAT32,
+    FLOAT64,
     JOINT_STATE,
     JOINT_TRAJECTORY,
     KINDS,
@@ -43,6 +49,7 @@ _COMPONENT_PATHS = {
     TRANSFORM_STAMPED: {"x": "transform.translation.x", "y": "transform.translation.y", "z": "transform.translation.z",
                         "qx": "transform.rotation.x", "qy": "transform.rotation.y", "qz": "transform.rotation.z",
                         "qw": "transform.rotation.w"},
+    **{t: {"data": "data"} for t in (FLOAT64, FLOAT32, BOOL)},
     TWIST_STAMPED: {"vx": "twist.linear.x", "vy": "twist.linear.y", "vz": "twist.linear.z",
                     "wx": "twist.angular.x", "wy": "twist.angular.y", "wz": "twist.angular.z"},
 }
@@ -95,18 +102,17 @@ def deserializer(deserialize: Deserialize, msgtype: str) -> Callable[[bytes], An
 
 
 def make_decoder(fields: Sequence[FieldSpec], message_class: type, deserialize: Deserialize,
-                 header_stamps: bool) -> Decoder:
+                 header_stamps: bool, align_quaternions: bool = False) -> Decoder:
     """The decoder for the fields of one topic (all of one message type).
 
     `header_stamps` False: the stamp is always reported as 0 (the caller uses log time).
+    `align_quaternions`: see `ComponentExtractor` (for interpolating between messages).
     """
     msgtype = fields[0].type
     decode = deserializer(deserialize, msgtype)
     if msgtype == JOINT_STATE:
         return JointStateDecoder(fields, decode, header_stamps)
-    kind = KINDS[msgtype]
-    extract = (JointSelector(fields).from_trajectory if kind.by_joint_name
-               else ComponentExtractor(fields) if kind.components else ArrayExtractor(fields))
+    extract = message_extractor(fields, align_quaternions)
     stamp = stamp_getter(message_class) if header_stamps else None
 
     def decode_generic(raw: bytes) -> tuple[int, np.ndarray]:
@@ -116,13 +122,29 @@ def make_decoder(fields: Sequence[FieldSpec], message_class: type, deserialize: 
     return decode_generic
 
 
+def message_extractor(fields: Sequence[FieldSpec], align_quaternions: bool = False) -> Callable[[Any], np.ndarray]:
+    """Message object → the raw values of `fields` (all of one topic), concatenated in order."""
+    msgtype = fields[0].type
+    if msgtype == JOINT_STATE:
+        selector = JointSelector(fields)
+        return lambda msg: selector.select(tuple(msg.name), {a: msg_array(msg, a) for a in _JOINT_ARRAYS})
+    kind = KINDS[msgtype]
+    return (JointSelector(fields).from_trajectory if kind.by_joint_name
+            else ComponentExtractor(fields, align_quaternions) if kind.components else ArrayExtractor(fields))
+
+
+def msg_array(msg: Any, name: str) -> np.ndarray:
+    """A numeric sequence of a message (rosbags: numpy; rclpy: array.array) as float64."""
+    return np.asarray(getattr(msg, name), dtype=np.float64)
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _slices(fields: Sequence[FieldSpec]) -> list[slice]:
-    ends = np.cumsum([0] + [f.dim for f in fields])
+    ends = np.cumsum([0] + [f.raw_dim for f in fields])
     return [slice(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
 
 
@@ -134,7 +156,7 @@ class JointSelector:
     """
 
     def __init__(self, fields: Sequence[FieldSpec]):
-        self.dim = sum(f.dim for f in fields)
+        self.dim = sum(f.raw_dim for f in fields)
         self.parts = [(f.field, f.names, sl) for f, sl in zip(fields, _slices(fields))]
         self._cache: dict[tuple[str, ...], list[np.ndarray]] = {}
 
@@ -171,7 +193,7 @@ class JointSelector:
         if not msg.points:
             raise ExtractError("points", "the trajectory has no point")
         point = msg.points[0]
-        return self.select(tuple(msg.joint_names), {a: getattr(point, a) for a, _, _ in self.parts})
+        return self.select(tuple(msg.joint_names), {a: msg_array(point, a) for a, _, _ in self.parts})
 
 
 class JointStateDecoder:
@@ -243,16 +265,17 @@ def _cdr_string_end(pos: int, text: str) -> int:
 
 
 class ComponentExtractor:
-    """Pose / transform / twist components. A pose's quaternion is sign-aligned with the
-    previous message's (q and -q are the same rotation) so rows stay continuous."""
+    """Pose / transform / twist / scalar components. With `align_quaternions` a pose's quaternion
+    is sign-aligned with the previous message's (q and -q are the same rotation), so values
+    interpolated between messages stay continuous; otherwise values are the message's own."""
 
-    def __init__(self, fields: Sequence[FieldSpec]):
+    def __init__(self, fields: Sequence[FieldSpec], align_quaternions: bool = False):
         paths = _COMPONENT_PATHS[fields[0].type]
         self.get = operator.attrgetter(*[paths[n] for f in fields for n in f.names])
         self.quaternions = [np.array([sl.start + f.names.index(c) for c in QUATERNION])
-                            for f, sl in zip(fields, _slices(fields)) if f.has_quaternion]
+                            for f, sl in zip(fields, _slices(fields)) if f.has_quaternion and align_quaternions]
         self.previous: list[np.ndarray | None] = [None] * len(self.quaternions)
-        self.single = sum(f.dim for f in fields) == 1
+        self.single = sum(f.raw_dim for f in fields) == 1
 
     def __call__(self, msg: Any) -> np.ndarray:
         out = np.array([self.get(msg)] if self.single else self.get(msg), dtype=np.float64)
@@ -272,10 +295,10 @@ class ArrayExtractor:
         self.simple = len(fields) == 1 and not fields[0].indices
 
     def __call__(self, msg: Any) -> np.ndarray:
-        data = msg.data
+        data = msg_array(msg, "data")
         for size, _ in self.parts:
             if len(data) != size:
                 raise ExtractError("data", f"{len(data)} values, the spec says size {size}")
         if self.simple:
-            return data.astype(np.float64)
-        return np.concatenate([data[index] for _, index in self.parts]).astype(np.float64, copy=False)
+            return data
+        return np.concatenate([data[index] for _, index in self.parts])
