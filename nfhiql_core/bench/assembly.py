@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nfhiql_core.bench.inference import latencies_us
+from nfhiql_core.bench.timing import latencies_us
 from nfhiql_core.control.assembly import ObservationAssembler
 from nfhiql_core.control.commands import CommandEncoder
 from nfhiql_core.deploy.bundle import BundleError

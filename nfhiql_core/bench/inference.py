@@ -8,29 +8,17 @@ rebuilt from `--checkpoint`, verified against the bundle's recorded sha256.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from nfhiql_core.bench.timing import latencies_us
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.deploy.bundle import Bundle, BundleError
 from nfhiql_core.deploy.runtime import PolicyRuntime
 
 ACT_P99_TARGET_US = 300.0  # low-level `act` on CPU
-
-
-def latencies_us(call: Callable[[], Any], calls: int, warmup: int) -> np.ndarray:
-    """Wall-clock latency of each of `calls` calls (after `warmup` untimed ones), in microseconds."""
-    for _ in range(warmup):
-        call()
-    out = np.empty(calls)
-    for i in range(calls):
-        start = time.perf_counter_ns()
-        call()
-        out[i] = time.perf_counter_ns() - start
-    return out / 1e3
 
 
 def _torch_cases(bundle: Bundle, checkpoint: str, threads: int, inputs: dict[str, tuple[np.ndarray, np.ndarray]]
