@@ -15,6 +15,10 @@ After a warm-up (policy commands flowing), commands are counted over `--seconds`
 commands / seconds, % of ticks = commands / (seconds × rate). Safe commands are the commands equal
 to the zero command (the controller's default `safe_command: zero`; a flow's action is never
 exactly zero). The controller is always stopped (SIGINT, SIGKILL after the supervisor's grace period).
+With `--interface` (a bundle with a robot interface, e.g. bundles/cube-single-play) the synthetic sim
+publishes the robot model's messages of one env state on the robot's own topics instead, and the
+commands counted are the spec's first command topic (a Servo twist): each tick is then assemble +
+act + publish. First, `--interface-bundle`'s per-tick cost in-process (`nfhiql bench assembly`).
 """
 from __future__ import annotations
 
@@ -58,6 +62,10 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--executor", choices=EXECUTORS, default=EXECUTORS[0],
                    help="executor of the controller and of the synthetic sim")
     b.add_argument("--obs-factor", type=float, default=2.0, help="observation rate / control rate")
+    b.add_argument("--interface", action="store_true",
+                   help="run the controller on the robot's own topics (the bundle's robot interface): the synthetic "
+                        "sim publishes the robot model's messages, the controller assembles and sends the spec's "
+                        "commands (the whole tick: assemble + act + publish)")
     b.add_argument("--interface-bundle", default="bundles/cube-single-play",
                    help="a bundle with a robot interface: per-tick cost of assembling its observation from the "
                         "robot's topics (in-process, printed first); '' = skip")
@@ -69,7 +77,7 @@ class SyntheticSim:
     """Goal, observations, subgoals out; commands in (one rclpy node in this process)."""
 
     def __init__(self, context, executor_name: str, rate: float, obs_factor: float, meta, obs, goal, subgoal,
-                 replan_every: int):
+                 replan_every: int, robot: dict | None = None):
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.node import Node
         from rclpy.qos import QoSProfile
@@ -84,7 +92,17 @@ class SyntheticSim:
         self.executor.add_node(self.node)
         self.obs, self.obs_names = obs, list(meta.observation_names)
         self.subgoal, self.subgoal_names = subgoal, vector_names("subgoal", len(subgoal))
-        self.obs_pub = self.node.create_publisher(JointState, OBSERVATION_TOPIC, STATE_QOS)
+        self.robot = robot  # topic → message (robot interface), else the `observation` vector
+        if robot is None:
+            self.obs_pub = self.node.create_publisher(JointState, OBSERVATION_TOPIC, STATE_QOS)
+        else:
+            from nfhiql_ros.robot_io import MESSAGE_CLASSES, command_topics
+
+            self.robot_pubs = {t: self.node.create_publisher(type(m), t, STATE_QOS) for t, m in robot.items()}
+            spec = meta.interface_spec()
+            for i, (topic, kind) in enumerate(command_topics(spec).items()):  # the first carries the commands
+                callback = self.on_robot_command if i == 0 else (lambda msg: None)
+                self.node.create_subscription(MESSAGE_CLASSES[kind], topic, callback, COMMAND_QOS)
         self.subgoal_pub = self.node.create_publisher(JointState, SUBGOAL_TOPIC, STATE_QOS)
         self.goal_pub = self.node.create_publisher(JointState, GOAL_TOPIC, LATCHED_QOS)
         self.commands: list[tuple[int, int, bool]] = []  # (receive ns, stamp ns, safe)
@@ -103,8 +121,21 @@ class SyntheticSim:
         stamp = self.now()
         if self.count % self.subgoal_every == 0:  # the planner plans from this observation
             self.subgoal_pub.publish(self._vector_msg(self.subgoal, self.subgoal_names, stamp))
-        self.obs_pub.publish(self._vector_msg(self.obs, self.obs_names, stamp))
+        if self.robot is None:
+            self.obs_pub.publish(self._vector_msg(self.obs, self.obs_names, stamp))
+        else:
+            for topic, msg in self.robot.items():
+                if hasattr(msg, "header"):
+                    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                self.robot_pubs[topic].publish(msg)
         self.count += 1
+
+    def on_robot_command(self, msg) -> None:
+        t = msg.twist if hasattr(msg, "twist") else None
+        values = ([t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z] if t is not None
+                  else list(getattr(msg, "data", [])))
+        self.commands.append((self.now(), self._stamp_to_ns(msg.header.stamp) if hasattr(msg, "header") else 0,
+                              not any(values)))
 
     def on_command(self, msg) -> None:
         now = self.now()
@@ -126,25 +157,47 @@ class SyntheticSim:
         self.node.destroy_node()
 
 
-def _fixed_inputs(bundle: str):
+def _robot_messages(meta) -> tuple[dict, np.ndarray]:
+    """The robot model's messages of one env state (rclpy classes) and that state's observation."""
+    from nfhiql_core.evaluation.episodes import make_env
+    from nfhiql_core.evaluation.robot_model import RobotModel, fill_messages
+    from nfhiql_ros.robot_io import MESSAGE_CLASSES
+
+    env = make_env(meta.env)
+    obs, _ = env.reset(seed=0, options=dict(task_id=1))
+    model = RobotModel(env)
+    messages = fill_messages(model.readings(), model.topics, 1, lambda t: MESSAGE_CLASSES[t]())
+    env.close()
+    return messages, np.asarray(obs, dtype=np.float64)
+
+
+def _fixed_inputs(bundle: str, interface: bool = False):
     from nfhiql_core.deploy.runtime import PolicyRuntime
 
     runtime = PolicyRuntime(bundle, ["CPUExecutionProvider"])
     meta = runtime.metadata
-    obs = np.full(meta.obs_dim, 1.0)
+    robot = None
+    if interface:
+        if meta.interface is None:
+            raise SystemExit(f"nfhiql bench ros --interface: {bundle} carries no robot interface")
+        robot, obs = _robot_messages(meta)
+    else:
+        obs = np.full(meta.obs_dim, 1.0)
     goal = np.full(meta.goal_dim, 5.0)
     subgoal = np.asarray(runtime.plan(obs.astype(np.float32), goal.astype(np.float32)).subgoal,
                          dtype=np.float64).reshape(-1)
-    return meta, obs, goal, subgoal
+    return meta, obs, goal, subgoal, robot
 
 
-def bench_rate(rate: float, args, bundle: str, meta, obs, goal, subgoal, context, env, run_dir: Path) -> dict:
+def bench_rate(rate: float, args, bundle: str, meta, obs, goal, subgoal, context, env, run_dir: Path,
+               robot: dict | None = None) -> dict:
     from nfhiql_ros.bringup.supervisor import Supervisor
 
     replan = int(meta.subgoal_steps or 1)
     params = {"flow_controller": {"ros__parameters": {
         "bundle": bundle, "trigger": "timer", "control_period_s": 1.0 / rate, "command_output": "sim",
-        "executor": args.executor, "providers": ["CPUExecutionProvider"], "replan_every": replan}}}
+        "executor": args.executor, "providers": ["CPUExecutionProvider"], "replan_every": replan,
+        **({"interface": "bundle"} if robot is not None else {})}}}
     params_file = run_dir / f"flow_controller-{rate:g}.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     supervisor = Supervisor(echo=args.verbose)
@@ -152,7 +205,7 @@ def bench_rate(rate: float, args, bundle: str, meta, obs, goal, subgoal, context
     try:
         child = supervisor.start("flow_controller", [sys.executable, "-m", "nfhiql_ros.flow_controller",
                                                      "--ros-args", "--params-file", str(params_file)], env)
-        sim = SyntheticSim(context, args.executor, rate, args.obs_factor, meta, obs, goal, subgoal, replan)
+        sim = SyntheticSim(context, args.executor, rate, args.obs_factor, meta, obs, goal, subgoal, replan, robot)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         first_policy = None
         while True:  # warm-up: until policy commands have flowed for WARMUP_S
@@ -209,16 +262,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_LOGGING_BUFFERED_STREAM="1", RCUTILS_COLORIZED_OUTPUT="0")
     if args.interface_bundle:
         print_assembly(args.interface_bundle)
-    meta, obs, goal, subgoal = _fixed_inputs(bundle)
+    meta, obs, goal, subgoal, robot = _fixed_inputs(bundle, args.interface)
     print(f"nfhiql bench ros: bundle {bundle}, executor {args.executor}, {args.seconds:g} s per rate, observations "
-          f"at {args.obs_factor:g}x the rate, ROS_DOMAIN_ID {domain_id}", flush=True)
+          f"at {args.obs_factor:g}x the rate, ROS_DOMAIN_ID {domain_id}"
+          + (", on the robot's topics (robot interface)" if robot is not None else ""), flush=True)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="nfhiql-bench-ros-") as tmp:
             for rate in args.rates:
-                rows.append(bench_rate(rate, args, bundle, meta, obs, goal, subgoal, context, env, Path(tmp)))
+                rows.append(bench_rate(rate, args, bundle, meta, obs, goal, subgoal, context, env, Path(tmp), robot))
                 print(f"  {rate:g} Hz done (controller diagnostics: overruns {rows[-1]['controller_overruns']}, "
                       f"safe commands since start {rows[-1]['controller_safe_total']})", flush=True)
     finally:
