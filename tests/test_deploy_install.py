@@ -69,7 +69,8 @@ def test_planner_and_controller_run_from_the_deploy_venv(deploy_python: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     args = ["--ros-args", "-r", "__ns:=/deploy_test", "--params-file", str(ROOT / "config/manipulation.yaml"),
-            "-p", f"bundle:={BUNDLE}", "-p", "providers:=[CPUExecutionProvider]"]
+            "-p", f"bundle:={BUNDLE}", "-p", "providers:=[CPUExecutionProvider]",
+            "-p", "interface:=''"]  # the vector contract: this process plays the sim with `observation`
     procs = [subprocess.Popen([str(deploy_python), "-m", f"nfhiql_ros.{node}", *args], cwd="/", env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for node in ("subgoal_planner", "flow_controller")]

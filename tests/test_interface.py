@@ -99,13 +99,14 @@ def test_a_stream_that_stops_is_named_at_its_deadline(cube_messages) -> None:
     first = assembler.assemble(0)
     assert isinstance(first, Unusable) and first.reason == "missing"
     _feed(assembler, messages(10 * MS), 10 * MS)
-    for t in (60, 110, 160, 210):  # every stream but the tracker's keeps publishing at 20 Hz
+    for t in range(60, 311, 50):  # every stream but the tracker's keeps publishing at 20 Hz
         for topic in assembler.topics:
             if topic != "/cube/pose":
                 assembler.on_message(topic, messages(t * MS)[topic], t * MS)
-    max_age = spec.max_age_ns("/cube/pose")  # the spec's 0.2 s for its 10 Hz tracker
-    assert assembler.next_deadline(210 * MS) == min(10 * MS + max_age, 210 * MS + spec.max_age_ns("/joint_states"))
-    assert assembler.next_deadline(10 * MS + max_age + 1) == 210 * MS + spec.max_age_ns("/joint_states")  # stale: past
+    max_age = spec.max_age_ns("/cube/pose")  # the spec's 0.3 s for its 10 Hz tracker
+    joints_due = 310 * MS + spec.max_age_ns("/joint_states")
+    assert assembler.next_deadline(310 * MS) == min(10 * MS + max_age, joints_due)
+    assert assembler.next_deadline(10 * MS + max_age + 1) == joints_due  # the tracker's deadline has passed
     assert isinstance(assembler.assemble(10 * MS + max_age), Assembled)
     stale = assembler.assemble(10 * MS + max_age + 1)
     assert isinstance(stale, Unusable) and (stale.topic, stale.reason) == ("/cube/pose", "stale")
