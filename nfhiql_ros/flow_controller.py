@@ -41,7 +41,14 @@ from nfhiql_ros.contract import ControllerParams
 from nfhiql_ros.diagnostics import ERROR, OK, WARN, CadenceMonitor, run_summary, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
-from nfhiql_ros.policy_common import TopicCheck, load_runtime, observation_qos, replan_every, resolve_interface
+from nfhiql_ros.policy_common import (
+    TopicCheck,
+    TopicGated,
+    load_runtime,
+    observation_qos,
+    replan_every,
+    resolve_interface,
+)
 from nfhiql_ros.robot_io import InterfaceOutput, command_topics, observation_topics, subscribe
 from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, STATE_QOS, vector_fields, vector_msg
 
@@ -72,7 +79,7 @@ class ForwardOutput:
         self.publisher.publish(Float64MultiArray(data=[float(v) for v in command]))
 
 
-class FlowController(Node):
+class FlowController(Node, TopicGated):
     """Low-level policy node: topics in, `ControllerCore` decisions, commands out."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
@@ -159,15 +166,6 @@ class FlowController(Node):
         else:
             subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(p))
         self.create_timer(self.period_s, self.on_tick)
-
-    @property
-    def done(self) -> bool:
-        """The run ends early when the robot interface's topics were not there (`exit_status` 1)."""
-        return self.topic_check is not None and bool(self.topic_check.refused)
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.done else 0
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds

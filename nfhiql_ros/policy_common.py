@@ -88,3 +88,17 @@ class TopicCheck:
         self.node.get_logger().info(f"robot interface: {len(self.inputs)} input and {len(self.outputs)} output "
                                     "topic(s) present with their types")
         self.on_ready()
+
+
+class TopicGated:
+    """A policy node whose run ends early, with exit status 1, when its `topic_check` refused."""
+
+    topic_check: TopicCheck | None
+
+    @property
+    def done(self) -> bool:
+        return self.topic_check is not None and bool(self.topic_check.refused)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.done else 0

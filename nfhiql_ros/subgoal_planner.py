@@ -29,7 +29,14 @@ from nfhiql_ros.contract import PlannerParams
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
-from nfhiql_ros.policy_common import TopicCheck, load_runtime, observation_qos, replan_every, resolve_interface
+from nfhiql_ros.policy_common import (
+    TopicCheck,
+    TopicGated,
+    load_runtime,
+    observation_qos,
+    replan_every,
+    resolve_interface,
+)
 from nfhiql_ros.robot_io import observation_topics, subscribe
 from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, vector_fields, vector_msg, vector_names
 
@@ -44,7 +51,7 @@ def observations_per_plan(params: PlannerParams, every: int, control_period_s: f
     return max(1, round(1.0 / (params.rate_hz * control_period_s)))
 
 
-class SubgoalPlanner(Node):
+class SubgoalPlanner(Node, TopicGated):
     """High-level policy node: topics in, `PlannerCore` decisions, subgoals out."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
@@ -85,15 +92,6 @@ class SubgoalPlanner(Node):
         subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(self.params))
         if self.params.trigger == "timer":
             self.create_timer(self.spec.period_ns / 1e9, self.on_sample)
-
-    @property
-    def done(self) -> bool:
-        """The run ends early when the robot interface's topics were not there (`exit_status` 1)."""
-        return self.topic_check is not None and bool(self.topic_check.refused)
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.done else 0
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
