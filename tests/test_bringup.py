@@ -253,7 +253,7 @@ def test_plan_resolves_paths_and_rejects_inconsistent_arguments(tmp_path) -> Non
     nodes = {n.name: n for n in stack.plan("navigation", {"bundle": "b"}, base_dir=ROOT, cwd=tmp_path)}
     assert nodes["subgoal_planner"].overrides["bundle"] == str(tmp_path / "b")
     assert nodes["flow_controller"].overrides["trigger"] == "observation"  # lockstep ⇒ observation trigger
-    assert nodes["mujoco_sim"].overrides == {"mode": "lockstep"}
+    assert nodes["mujoco_sim"].overrides == {"mode": "lockstep", "robot_spec": ""}  # navigation: the vector contract
     with pytest.raises(stack.StackError, match="vector interface"):  # robot commands come from the spec
         stack.plan("manipulation", {"command_output": "forward"}, base_dir=ROOT)
     # forward commands reach the sim on its forward-controller input
@@ -261,7 +261,6 @@ def test_plan_resolves_paths_and_rejects_inconsistent_arguments(tmp_path) -> Non
                                            base_dir=ROOT)}
     assert nodes["mujoco_sim"].remappings == (("forward_command", "forward_position_controller/commands"),)
     for bad, match in (({"mode": "realtime", "rate_hz": "x"}, "number"), ({"rate_hz": "5"}, "lockstep"),
-                       ({"interface": "robot"}, "sets no robot_spec"),
                        ({"sim": "false", "tasks": "1"}, "sim"),
                        ({"mode": "fast"}, "mode"), ({"tasks": "0"}, "tasks"), ({"nope": "1"}, "unknown"),
                        ({"episodes_per_task": "0"}, "episodes_per_task")):
