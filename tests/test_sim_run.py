@@ -138,3 +138,43 @@ def test_module_imports_neither_rclpy_nor_ogbench() -> None:
     code = "import sys, nfhiql_ros.sim_run; print(sorted({'rclpy', 'ogbench', 'mujoco'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_robot_commands_pair_twist_and_gripper_of_one_state_in_either_order() -> None:
+    from nfhiql_ros.sim_run import RobotCommands
+
+    commands = RobotCommands(lockstep=True, needs_gripper=True)
+    twist = np.arange(6.0)
+    assert commands.on_twist(twist, 10) is None  # waiting for the gripper command of state 10
+    assert commands.on_gripper(0.5, 9) is None  # an old state's: not this one
+    step = commands.on_gripper(0.7, 10)
+    assert step is not None and step[1:] == (0.7, 10) and np.array_equal(step[0], twist)
+    assert commands.on_gripper(-1.0, 11) is None  # gripper first this time
+    step = commands.on_twist(-twist, 11)
+    assert step is not None and step[1:] == (-1.0, 11)
+    realtime = RobotCommands(lockstep=False, needs_gripper=True)
+    assert realtime.on_gripper(0.3, 1) is None
+    assert realtime.on_twist(twist, 5)[1] == 0.3  # the latest gripper speed, whatever its stamp
+
+
+def test_tracker_rate_latency_noise_and_dropouts_are_seeded() -> None:
+    from nfhiql_ros.sim_run import Tracker
+
+    pose = np.array([0.4, 0.1, 0.02, 0.0, 0.0, 0.0, 1.0])
+    exact = Tracker(lockstep=True, period_s=0.05, rate_hz=10, latency_s=0.05, noise_m=0.01, dropout=0.5, seed=0)
+    assert all(np.array_equal(exact.measure(k, pose)[0], pose) for k in range(5))  # lockstep: every state, exact
+
+    def run(seed: int) -> list:
+        tracker = Tracker(lockstep=False, period_s=0.05, rate_hz=10, latency_s=0.05, noise_m=0.01, dropout=0.3,
+                          seed=seed)
+        return [tracker.measure(k, pose) for k in range(400)]
+
+    first, again = run(1), run(1)
+    sent = [m for m in first if m is not None]
+    assert [m is None for m in first] == [m is None for m in again]
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(sent, [m for m in again if m is not None]))
+    assert all(first[k] is None for k in range(1, 400, 2))  # 10 Hz of a 20 Hz sim: every other state
+    assert 0.6 * 200 < len(sent) < 0.8 * 200  # about 30 % of the 200 measurements dropped
+    errors = np.array([m[0][:3] - pose[:3] for m in sent])
+    assert 0.007 < errors.std() < 0.013 and all(m[1] == 0.05 for m in sent)
+    assert all(np.array_equal(m[0][3:], pose[3:]) for m in sent)  # orientation untouched
