@@ -139,6 +139,10 @@ class ControllerParams(PolicyParams):
     ood_alarm: bool = param(True, "alarm when a log-likelihood falls below the bundle's training-data threshold")
     ood_action: str = param("warn", "what an OOD alarm does: warn, or safe_stop (send the safe command)",
                             choices=OOD_ACTIONS)
+    require_enable: bool = param(False, "no policy command without an enable: True on `enable` (std_msgs/Bool) or "
+                                 "the `set_enable` service (std_srvs/SetBool); on by default for hardware (sim:=false)")
+    enable_timeout_s: float = param(0.5, "deadman: an enable must be renewed within this long (s); 0 = it holds "
+                                    "until revoked", low=0.0, high=3600.0)
     command_output: str = param("sim", "without an interface: sim (JointState `command`) or forward (ros2_control "
                                 "forward command controller); with one, the spec's command topics are the output",
                                 choices=OUTPUTS)

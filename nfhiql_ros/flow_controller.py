@@ -10,6 +10,10 @@ Topics (relative names, so a namespace moves them all):
        TwistStamped and a gripper Float64MultiArray; stamped with the observation answered where they
        have a header); else `command_output` `sim` (`command`, JointState stamped with the observation
        it answers) or `forward` (`<forward_controller>/commands`, Float64MultiArray); `/diagnostics`.
+  safety  `enable` (std_msgs/Bool; with `require_enable` nothing but the safe command without a
+       renewed True, `enable_timeout_s` deadman) and the `set_enable` service (std_srvs/SetBool);
+       `estop` (std_msgs/Bool: True latches the e-stop) and `reset_estop` (std_srvs/Trigger; refused
+       while still pressed). With an interface, the spec's `workspace` limits stop the arm too.
 
 With an interface the node first waits (`topic_wait_s`) for every spec topic to be there with its
 type, and refuses to run, naming each missing one, if one is not.
@@ -30,13 +34,15 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64, Float64MultiArray
+from std_msgs.msg import Bool, Float64, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
 
 from nfhiql_core.atomic_io import save_json
 from nfhiql_core.control.assembly import ObservationAssembler, Unusable, header_stamp
 from nfhiql_core.control.controller import ERROR_REASONS, Command, ControllerCore, Names, Timing
 from nfhiql_core.control.intake import Rejected
 from nfhiql_core.control.safety import CommandFilter, OodMonitor
+from nfhiql_core.control.supervisor import SafetySupervisor, workspace_from_spec
 from nfhiql_ros.contract import ControllerParams
 from nfhiql_ros.diagnostics import ERROR, OK, WARN, CadenceMonitor, run_summary, status_array
 from nfhiql_ros.executors import run_node
@@ -100,13 +106,16 @@ class FlowController(Node, TopicGated):
                              replan=self.every * period)
         self.ood_thresholds = self._ood_thresholds()
         ood = OodMonitor(self.ood_thresholds["low"], self.ood_thresholds["high"]) if self.ood_thresholds else None
+        self.spec = resolve_interface(p, self.runtime)
+        workspace = workspace_from_spec(meta.observation_names, self.spec.workspace_limits()) if self.spec else None
+        self.supervisor = SafetySupervisor(p.require_enable, int(1e9 * p.enable_timeout_s), workspace)
         self.core = ControllerCore(
             lambda obs, subgoal: self.runtime.act(obs, subgoal),
             (meta.obs_dim, meta.goal_dim, meta.subgoal_dim),
             Names(meta.observation_names, meta.goal_names, tuple(f"subgoal_{i}" for i in range(meta.subgoal_dim))),
             self.timing, CommandFilter(meta.action_low, meta.action_high, p.safe_command, p.max_delta_per_step),
-            self.every, p.trigger == "observation", ood, p.ood_action == "safe_stop", time.perf_counter)
-        self.spec = resolve_interface(p, self.runtime)
+            self.every, p.trigger == "observation", ood, p.ood_action == "safe_stop", time.perf_counter,
+            self.supervisor)
         self.assembler = None if self.spec is None else ObservationAssembler(
             self.spec, self.timing.max_skew, lockstep=p.trigger == "observation")
         self.output = self._make_output()
@@ -121,6 +130,10 @@ class FlowController(Node, TopicGated):
         self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
         self.create_subscription(Float64, "subgoal/log_likelihood", self.on_subgoal_log_likelihood, STATE_QOS)
         self.create_subscription(JointState, "subgoal", self.on_subgoal, STATE_QOS)
+        self.create_subscription(Bool, "enable", lambda msg: self.on_enable(msg.data), STATE_QOS)
+        self.create_subscription(Bool, "estop", lambda msg: self.on_estop(msg.data), STATE_QOS)
+        self.create_service(SetBool, "set_enable", self.on_set_enable)
+        self.create_service(Trigger, "reset_estop", self.on_reset_estop)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
         self.topic_check = None
@@ -183,6 +196,31 @@ class FlowController(Node, TopicGated):
 
     def on_observation(self, msg: JointState) -> None:
         self._intake(lambda now: self.core.on_observation(*vector_fields(msg), now))
+
+    def on_enable(self, value: bool) -> None:
+        self.supervisor.on_enable(bool(value), self.now_ns())
+        self._supervisor_changed()
+
+    def on_estop(self, pressed: bool) -> None:
+        self.supervisor.on_estop(bool(pressed))
+        self._supervisor_changed()
+
+    def _supervisor_changed(self) -> None:
+        """A safe command at once if the supervisor now says stop; the deadman's deadline armed."""
+        self.send(self.core.on_supervisor_change(self.now_ns()))
+        self.arm_deadline()
+        self.report_state()
+
+    def on_set_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self.on_enable(request.data)
+        response.success, response.message = True, "enabled" if request.data else "disabled"
+        return response
+
+    def on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.supervisor.reset()
+        self.get_logger().info(f"reset_estop: {response.message}")
+        self.report_state()
+        return response
 
     def on_robot_message(self, topic: str, msg) -> None:
         """A robot topic's message: into the assembler; in lockstep a complete state is an observation
@@ -331,6 +369,8 @@ class FlowController(Node, TopicGated):
             "subgoal_log_likelihood": "none" if ood is None or ood.subgoal_log_likelihood is None
             else ood.subgoal_log_likelihood,
             "provider": self.runtime.providers[0], "replan_every": self.every,
+            "require_enable": self.supervisor.require_enable, "enabled": self.supervisor.enabled_at is not None,
+            "estop_latched": self.supervisor.estop_latched, "estops": self.supervisor.estops,
         }
         self.diagnostics_pub.publish(status_array(now, self.get_fully_qualified_name(), level, message, values,
                                                   self.params.bundle))

@@ -311,6 +311,8 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
             raise StackError(f"providers must name at least one provider, got {args['providers']!r}")
         set_policy("providers", providers)
 
+    if not with_sim:  # hardware: no policy command without the operator's enable (deadman)
+        over["flow_controller"]["require_enable"] = True
     robot = _robot_interface(args["interface"], policy_files, files.get("mujoco_sim"), with_sim, stack)
     set_policy("interface", "bundle" if robot else "")
     sim_spec = str(files.get("mujoco_sim", {}).get("robot_spec") or "")

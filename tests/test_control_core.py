@@ -282,3 +282,60 @@ def test_an_unusable_stream_is_one_safe_command_naming_it_until_a_usable_observa
     core.on_subgoal((0.5, 0.5), T0 + 3 * PERIOD, (), T0 + 3 * PERIOD)
     assert core.on_tick(T0 + 3 * PERIOD + MS)[0].reason is None
     assert core.on_assembly(Assembled(np.zeros(2), T0 + 3 * PERIOD), T0 + 4 * PERIOD) == []  # same sample again
+
+
+# ---- safety supervisor
+
+def _supervised(**kwargs):
+    from nfhiql_core.control.supervisor import SafetySupervisor, workspace_from_spec
+
+    supervisor = SafetySupervisor(kwargs.pop("require_enable", True), kwargs.pop("deadman", 200 * MS),
+                                  workspace_from_spec(["x", "y"], kwargs.pop("workspace", {})))
+    core = ControllerCore(lambda obs, subgoal: (np.clip(subgoal - obs, -1, 1), 0.0), (2, 2, 2), NAMES, timing(),
+                          CommandFilter(np.full(2, -1.0), np.full(2, 1.0)), 1, False, supervisor=supervisor)
+    return core, supervisor
+
+
+def test_no_policy_command_without_an_enable_and_the_deadman_stops_within_its_timeout() -> None:
+    core, supervisor = _supervised()
+    feed(core, T0)
+    assert core.on_tick(T0 + MS)[0].reason == "disabled"
+    supervisor.on_enable(True, T0 + 2 * MS)
+    assert core.on_tick(T0 + 3 * MS)[0].reason is None
+    assert core.next_deadline() == min(T0 + 75 * MS + 1, T0 + 2 * MS + 200 * MS + 1)
+    feed(core, T0 + 190 * MS)  # inputs stay fresh; only the deadman runs out
+    due = supervisor.next_deadline()
+    assert due == T0 + 202 * MS + 1 and core.on_deadline(due - 2) == []
+    (stop,) = core.on_deadline(due)
+    assert stop.reason == "deadman" and not stop.values.any()
+    assert core.on_tick(due + PERIOD)[0].reason == "deadman"
+    supervisor.on_enable(True, due + PERIOD)  # renewed: policy again
+    feed(core, due + PERIOD)
+    assert core.on_tick(due + PERIOD + MS)[0].reason is None
+    supervisor.on_enable(False, due + 2 * PERIOD)  # revoked: at once
+    assert core.on_supervisor_change(due + 2 * PERIOD)[0].reason == "disabled"
+
+
+def test_the_estop_latches_until_a_reset_after_release() -> None:
+    core, supervisor = _supervised(require_enable=False)
+    feed(core, T0)
+    assert core.on_tick(T0 + MS)[0].reason is None
+    supervisor.on_estop(True)
+    assert core.on_supervisor_change(T0 + 2 * MS)[0].reason == "estop"
+    assert supervisor.reset() == (False, "e-stop still pressed: release it first")
+    supervisor.on_estop(False)
+    feed(core, T0 + 3 * MS)
+    assert core.on_tick(T0 + 4 * MS)[0].reason == "estop"  # released, still latched
+    assert supervisor.reset() == (True, "e-stop reset") and supervisor.estops == 1
+    assert core.on_tick(T0 + 5 * MS)[0].reason is None
+
+
+def test_an_observation_outside_the_workspace_is_a_stop_naming_it() -> None:
+    core, _ = _supervised(require_enable=False, workspace={"y": (-1.0, 1.0)})
+    feed(core, T0, obs=(0.0, 0.5))
+    assert core.on_tick(T0 + MS)[0].reason is None
+    feed(core, T0 + 2 * MS, obs=(0.0, 1.5))
+    (stop,) = core.on_tick(T0 + 3 * MS)
+    assert stop.reason == "workspace" and stop.detail == "y = 1.5 outside [-1, 1]"
+    with pytest.raises(ValueError, match="'z' is not an observation element"):
+        _supervised(workspace={"z": (0.0, 1.0)})

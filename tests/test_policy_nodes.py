@@ -584,3 +584,69 @@ def test_future_goal_and_wrong_names_are_dropped_with_a_reason(ros, bundle, runt
     assert int(statuses[-1].get("dropped_goal_future_stamp", 0)) >= 1 or driver.spin(
         2.0, until=lambda: any(int(v.get("dropped_goal_future_stamp", 0)) >= 1
                                for _, _, v in driver.status("flow_controller")))
+
+
+def test_enable_deadman_and_estop_latch(ros, bundle) -> None:
+    """With `require_enable`: nothing but the safe command before an enable; an enable that is not
+    renewed stops the arm within the deadman plus 2 periods; the e-stop latches until reset_estop,
+    which is refused while it is still pressed."""
+    from std_msgs.msg import Bool
+    from std_srvs.srv import Trigger
+
+    driver, launch = ros
+    deadman = 0.3
+    shared = common(bundle, replan_every=1)
+    launch("subgoal_planner", shared)
+    launch("flow_controller", {**shared, "trigger": "timer", "require_enable": True, "enable_timeout_s": deadman,
+                               "ood_alarm": False})
+    driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
+    n = driver.node
+    enable = n.create_publisher(Bool, "enable", STATE_QOS)
+    estop = n.create_publisher(Bool, "estop", STATE_QOS)
+    reset = n.create_client(Trigger, "reset_estop")
+    assert reset.wait_for_service(timeout_sec=30)
+    publish = stream(driver, np.array([15.0, 15.0]))
+    driver.spin(1.0, every=(PERIOD, publish))
+    assert driver.commands and all(is_zero(v) for _, _, v in driver.commands)  # no enable yet
+    assert any(v["state"] == "disabled" for _, _, v in driver.status("flow_controller"))
+
+    enabled_at = []
+
+    def renewed() -> None:
+        enable.publish(Bool(data=True))
+        enabled_at.append(driver.now())
+        publish()
+    driver.spin(1.0, every=(PERIOD, renewed))
+    assert not is_zero(driver.commands[-1][2]), "no policy command while enabled"
+    last_enable = enabled_at[-1]
+    n_before = len(driver.commands)
+    driver.spin(1.0, every=(PERIOD, publish))  # the operator lets go of the deadman
+    after = driver.commands[n_before:]
+    first_safe = next(t for t, _, v in after if is_zero(v))
+    delay = (first_safe - last_enable) / 1e9
+    print(f"deadman: safe command {delay * 1e3:.0f} ms after the last enable (deadman {deadman * 1e3:.0f} ms)")
+    assert deadman - 0.01 <= delay <= deadman + 2 * PERIOD + DDS_SLACK_S
+    assert all(is_zero(v) for t, _, v in after if t >= first_safe)
+
+    driver.spin(0.5, every=(PERIOD, renewed))
+    assert not is_zero(driver.commands[-1][2])
+    estop.publish(Bool(data=True))
+    pressed = driver.now()
+    n_before = len(driver.commands)
+    driver.spin(0.5, every=(PERIOD, renewed))
+    first_safe = next(t for t, _, v in driver.commands[n_before:] if is_zero(v))
+    assert (first_safe - pressed) / 1e9 <= 2 * PERIOD + DDS_SLACK_S
+
+    def call_reset() -> str:
+        future = reset.call_async(Trigger.Request())
+        assert driver.spin(10.0, until=future.done)
+        return future.result().message
+    assert call_reset() == "e-stop still pressed: release it first"
+    estop.publish(Bool(data=False))
+    n_before = len(driver.commands)
+    driver.spin(0.5, every=(PERIOD, renewed))
+    assert all(is_zero(v) for _, _, v in driver.commands[n_before:]), "the e-stop did not stay latched"
+    assert call_reset() == "e-stop reset"
+    driver.spin(0.5, every=(PERIOD, renewed))
+    assert not is_zero(driver.commands[-1][2])
+    assert any(v["state"] == "estop" and v["estops"] == "1" for _, _, v in driver.status("flow_controller"))

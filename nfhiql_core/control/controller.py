@@ -6,8 +6,9 @@ observation k − k % every (`ReplanSchedule`), waiting for it up to `subgoal_wa
 
 The safe command replaces the policy's when there is no observation or subgoal, the observation
 is older than `observation_timeout_ns` (receive clock, `intake.Stream.age_ns`), the next subgoal is
-overdue by more than `subgoal_timeout_ns`, the policy output is not finite, or an OOD alarm asks
-for a stop. `next_deadline()` says when, without new input, the state turns unsafe: the node arms
+overdue by more than `subgoal_timeout_ns`, the policy output is not finite, an OOD alarm asks
+for a stop, or the safety supervisor says stop (`supervisor.py`: no enable, deadman, e-stop,
+workspace). `next_deadline()` says when, without new input, the state turns unsafe: the node arms
 a timer for it, so a lost stream is answered at its deadline, not at the next tick. In lockstep,
 observations that stop after all were answered mean the run is idle (a finished episode, a paused
 sim): one safe command, reported as `idle`, not as an error. Every method takes the node clock
@@ -25,10 +26,11 @@ from nfhiql_core.control.assembly import Assembled, Unusable
 from nfhiql_core.control.intake import Rejected, Stream, check_vector
 from nfhiql_core.control.replan import ReplanSchedule
 from nfhiql_core.control.safety import CommandFilter, OodAlarm, OodMonitor
+from nfhiql_core.control.supervisor import SafetySupervisor
 
 SUBGOALS_KEPT = 32
-ERROR_REASONS = ("no_observation", "stale_observation", "invalid_observation",
-                 "non_finite_output")  # the other safe reasons are WARN
+ERROR_REASONS = ("no_observation", "stale_observation", "invalid_observation", "non_finite_output", "estop",
+                 "workspace")  # the other safe reasons are WARN
 UNUSABLE_REASONS = {"missing": "no_observation", "stale": "stale_observation", "invalid": "invalid_observation"}
 Policy = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]  # (obs, subgoal) -> (action, log-lik)
 
@@ -79,8 +81,10 @@ class ControllerCore:
 
     def __init__(self, policy: Policy, dims: tuple[int, int, int], names: Names, timing: Timing,
                  commands: CommandFilter, every: int, lockstep: bool, ood: OodMonitor | None = None,
-                 ood_stop: bool = False, clock: Callable[[], float] | None = None):
+                 ood_stop: bool = False, clock: Callable[[], float] | None = None,
+                 supervisor: SafetySupervisor | None = None):
         self.policy, self.names, self.timing, self.commands = policy, names, timing, commands
+        self.supervisor = supervisor
         self.obs_dim, self.goal_dim, self.subgoal_dim = dims
         self.lockstep, self.ood, self.ood_stop = lockstep, ood, ood_stop
         self.compute_clock = clock  # perf_counter-like, for compute time; None: not measured
@@ -198,6 +202,13 @@ class ControllerCore:
             return []  # still fine, or that safe command is already going out every tick
         return [self._safe(*verdict)]
 
+    def on_supervisor_change(self, now: int) -> list[Command]:
+        """An enable, e-stop or reset just arrived: a safe command at once if the supervisor now says stop."""
+        stop = self.supervisor.verdict(self.latest_obs, now) if self.supervisor else None
+        if stop is None or stop.reason == self.state:
+            return []
+        return [self._safe(stop.reason, self.observation.stamp or now, stop.detail)]
+
     def next_deadline(self) -> int | None:
         """When (node clock) the current inputs stop being enough; None if nothing is pending."""
         t = self.timing
@@ -210,6 +221,8 @@ class ControllerCore:
         deadlines = [s.arrival + timeout + 1 for s, timeout in ((self.observation, t.observation_timeout),
                                                                 (self.subgoal, t.replan + t.subgoal_timeout))
                      if s.arrival is not None]
+        deadman = self.supervisor.next_deadline() if self.supervisor else None
+        deadlines += [deadman] if deadman is not None else []
         return min(deadlines) if deadlines else None
 
     def _verdict(self, now: int) -> tuple[str, int, str] | None:
@@ -227,14 +240,15 @@ class ControllerCore:
         overdue = now - (self.subgoal.arrival + self.timing.replan)
         if overdue > self.timing.subgoal_timeout:
             return "stale_subgoal", stamp, f"next subgoal overdue by {overdue / 1e9:.3f} s"
-        return None
+        stop = self.supervisor.verdict(self.latest_obs, now) if self.supervisor else None
+        return None if stop is None else (stop.reason, stamp, stop.detail)
 
     def _timer_step(self, now: int) -> Command:
         """Timer trigger: the latest observation with the latest subgoal, or the safe command."""
         verdict = self._verdict(now)
         if verdict is not None:
             return self._safe(*verdict)
-        return self._act(self.latest_obs, self.observation.stamp, next(reversed(self.subgoals.values())))
+        return self._act(self.latest_obs, self.observation.stamp, next(reversed(self.subgoals.values())), now)
 
     def _answer_pending(self, now: int) -> list[Command]:
         pending = self.pending
@@ -242,7 +256,7 @@ class ControllerCore:
         if subgoal is None:
             return []
         self.pending = None
-        return [self._act(pending.values, pending.stamp, subgoal)]
+        return [self._act(pending.values, pending.stamp, subgoal, now)]
 
     def _watchdog(self, now: int) -> list[Command]:
         """Lockstep: the subgoal wait timeout, and one `idle` safe command when observations stop."""
@@ -258,8 +272,12 @@ class ControllerCore:
             return [self._safe("idle", self.observation.stamp, "observations stopped after the last was answered")]
         return []
 
-    def _act(self, obs: np.ndarray, stamp: int, subgoal: np.ndarray) -> Command:
-        """The policy's command for (obs, subgoal), OOD-checked, rate-limited and clamped; or the safe one."""
+    def _act(self, obs: np.ndarray, stamp: int, subgoal: np.ndarray, now: int) -> Command:
+        """The policy's command for (obs, subgoal), supervised, OOD-checked, rate-limited and clamped; or the
+        safe one."""
+        stop = self.supervisor.verdict(obs, now) if self.supervisor else None
+        if stop is not None:
+            return self._safe(stop.reason, stamp, stop.detail)
         start = self.compute_clock() if self.compute_clock else None
         try:
             action, log_prob = self.policy(obs, subgoal)

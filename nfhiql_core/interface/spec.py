@@ -104,6 +104,9 @@ class FieldSpec:
     # (0 = 1.5 periods of rate_hz); in a recording's last rows, 0 = the median sample interval
     # (so a slow stream, e.g. a 10 Hz object pose, does not cut the last rows of a 50 Hz episode).
     max_age_s: float = 0.0
+    # observation: the safety supervisor's limits on this field's raw values, [low, high] (numbers or one
+    # per value, e.g. the tcp position in m); outside is a safe stop. [] = none
+    workspace: tuple[float | tuple[float, ...], ...] = ()
     limit: float | tuple[float, ...] = 0.0  # action: the largest |raw command| sent (0 = no limit)
     frame_id: str = ""  # action: header.frame_id of commands with a header (e.g. Servo's planning frame)
 
@@ -132,6 +135,12 @@ class FieldSpec:
         for key in ("rate_hz", "max_age_s"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}: must be >= 0 (got {getattr(self, key)})")
+        if self.workspace:
+            if len(self.workspace) != 2 or self.derive:
+                raise ValueError("workspace: [low, high] (numbers or one per value) on a field without derive")
+            low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64), (self.dim,)) for b in self.workspace)
+            if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
+                raise ValueError(f"workspace: need finite low <= high (got {list(self.workspace)})")
         if self.element_names and len(self.element_names) != self.dim:
             raise ValueError(f"element_names: {len(self.element_names)} names for {self.dim} values")
         for key in ("center", "scale", "offset", "limit"):
@@ -209,6 +218,14 @@ class FieldSpec:
     def features(self, raw: np.ndarray) -> np.ndarray:
         """Raw values (rows × raw_dim) → this field's part of the vector (rows × dim)."""
         return FeatureMap([self])(raw)
+
+    def workspace_limits(self) -> dict[str, tuple[float, float]]:
+        """This field's workspace in the observation's units: {element name: (low, high)}."""
+        if not self.workspace:
+            return {}
+        raw = np.stack([np.broadcast_to(np.asarray(b, dtype=np.float64), (self.dim,)) for b in self.workspace])
+        a, b = np.sort(self.features(raw), axis=0)  # features is monotone per value (affine, clip)
+        return {name: (float(lo), float(hi)) for name, lo, hi in zip(self.value_names, a, b)}
 
     def raw_command(self, action: np.ndarray) -> np.ndarray:
         """Action components → the raw command values (the inverse affine map), within `limit`."""
@@ -363,6 +380,8 @@ class InterfaceSpec:
             if f.frame_id or f.limit != 0.0:
                 raise ValueError(f"observation[{i}] ({f.label}): frame_id/limit are for action fields")
         for i, f in enumerate(self.action.fields):
+            if f.workspace:
+                raise ValueError(f"action.fields[{i}] ({f.label}): workspace is for observation fields")
             if f.derive or f.clip:
                 raise ValueError(f"action.fields[{i}] ({f.label}): derive/clip are for observation fields "
                                  "(an action field must map back to its command)")
@@ -393,6 +412,10 @@ class InterfaceSpec:
     @property
     def period_ns(self) -> float:
         return 1e9 / self.rate_hz
+
+    def workspace_limits(self) -> dict[str, tuple[float, float]]:
+        """Every observation field's workspace, by element name, in the observation's units."""
+        return {k: v for f in self.observation for k, v in f.workspace_limits().items()}
 
     def max_age_ns(self, topic: str) -> int:
         """Live: how old `topic`'s latest message may be (its fields' max_age_s, else 1.5 periods of its
