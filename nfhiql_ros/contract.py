@@ -137,8 +137,12 @@ class ControllerParams(PolicyParams):
     max_delta_per_step: float = param(0.0, "rate limit: largest change of a command element per step; 0 = off",
                                       low=0.0)
     ood_alarm: bool = param(True, "alarm when a log-likelihood falls below the bundle's training-data threshold")
-    ood_action: str = param("warn", "what an OOD alarm does: warn, or safe_stop (send the safe command)",
+    ood_action: str = param("warn", "what a sustained OOD alarm does: warn, or safe_stop (send the safe command)",
                             choices=OOD_ACTIONS)
+    ood_raise_after: int = param(5, "commands in a row below the OOD threshold before the alarm is sustained "
+                                 "(warned about, acted on)", low=1, high=100_000)
+    ood_clear_after: int = param(20, "commands in a row above it before a sustained alarm clears", low=1,
+                                 high=100_000)
     require_enable: bool = param(False, "no policy command without an enable: True on `enable` (std_msgs/Bool) or "
                                  "the `set_enable` service (std_srvs/SetBool); on by default for hardware (sim:=false)")
     enable_timeout_s: float = param(0.5, "deadman: an enable must be renewed within this long (s); 0 = it holds "

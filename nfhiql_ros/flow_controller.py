@@ -105,7 +105,9 @@ class FlowController(Node, TopicGated):
                              subgoal_wait=int(1e9 * p.subgoal_wait_s), max_skew=int(1e9 * p.max_clock_skew_s),
                              replan=self.every * period)
         self.ood_thresholds = self._ood_thresholds()
-        ood = OodMonitor(self.ood_thresholds["low"], self.ood_thresholds["high"]) if self.ood_thresholds else None
+        ood = (OodMonitor(self.ood_thresholds["low"], self.ood_thresholds["high"], p.ood_raise_after,
+                          p.ood_clear_after) if self.ood_thresholds else None)
+        self._ood_sustained = False
         self.spec = resolve_interface(p, self.runtime)
         workspace = workspace_from_spec(meta.observation_names, self.spec.workspace_limits()) if self.spec else None
         self.supervisor = SafetySupervisor(p.require_enable, int(1e9 * p.enable_timeout_s), workspace)
@@ -295,18 +297,25 @@ class FlowController(Node, TopicGated):
                 self.monitor.command(self.now_ns(), command.compute_s, latency, late)
             if command.alarm:
                 self._window_alarms += 1
-                self._warn_ood(command)
+            if command.alarm is not None and self.core.ood.sustained != self._ood_sustained:
+                self._ood_sustained = self.core.ood.sustained
+                self._report_ood(command)
             self.report_state()
 
-    def _warn_ood(self, command: Command) -> None:
+    def _report_ood(self, command: Command) -> None:
+        """One line when the OOD alarm becomes sustained, one when it clears (not one per command)."""
         ood, thresholds = self.core.ood, self.ood_thresholds
+        if not ood.sustained:
+            self.get_logger().info(f"OOD alarm cleared ({ood.clear_after} commands in a row above the thresholds)")
+            return
         which = " and ".join(w for w, bad in (("action", command.alarm.action), ("subgoal", command.alarm.subgoal))
-                             if bad)
+                             if bad) or "action"
         percentile = (self.runtime.metadata.ood_log_likelihood or {}).get("percentile", "?")
         self.get_logger().warning(
-            f"OOD alarm: {which} log-likelihood below the training data's {percentile}th percentile (action "
-            f"{ood.action_log_likelihood:.2f} vs {thresholds['low']:.2f}, subgoal {ood.subgoal_log_likelihood} vs "
-            f"{thresholds['high']:.2f})", throttle_duration_sec=1.0)
+            f"OOD alarm sustained ({ood.raise_after} commands in a row): {which} log-likelihood below the training "
+            f"data's {percentile}th percentile (action {ood.action_log_likelihood:.2f} vs {thresholds['low']:.2f}, "
+            f"subgoal {ood.subgoal_log_likelihood} vs {thresholds['high']:.2f})"
+            + ("; safe stop" if self.params.ood_action == "safe_stop" else ""))
 
     def report_state(self) -> None:
         """Log and report each change of the safety state right away."""
@@ -333,7 +342,8 @@ class FlowController(Node, TopicGated):
                 **run_summary(self.monitor, now, 1.0 / self.period_s),
                 "safe_commands": dict(sorted(core.safe.items())), "dropped": dict(sorted(core.dropped.items())),
                 "dropped_reasons": dict(sorted(core.drop_reasons.items())),
-                "ood_alarms": core.ood.alarms if core.ood else 0, "provider": self.runtime.providers[0],
+                "ood_alarms": core.ood.alarms if core.ood else 0, "ood_episodes": core.ood.episodes if core.ood else 0,
+                "provider": self.runtime.providers[0],
                 "replan_every": self.every}
 
     def publish_diagnostics(self) -> None:
@@ -345,14 +355,15 @@ class FlowController(Node, TopicGated):
         state = core.state
         if state in ERROR_REASONS:
             level = ERROR
-        elif state not in QUIET_STATES or alarms or window["window_overruns"] or window_drops:
+        elif (state not in QUIET_STATES or (core.ood is not None and core.ood.sustained) or window["window_overruns"]
+              or window_drops):
             level = WARN
         else:
             level = OK
         message = state if state in QUIET_STATES else f"safe command: {state}" + (
             f" ({core.detail})" if core.detail else "")
-        if alarms:
-            message += f"; OOD alarm ({alarms} in the last {self.params.diagnostics_period_s:g} s)"
+        if core.ood is not None and core.ood.sustained:
+            message += f"; OOD alarm sustained ({alarms} in the last {self.params.diagnostics_period_s:g} s)"
         ood = core.ood
         values = {
             "state": state, "trigger": self.params.trigger, "command_output": self.output_name,
@@ -362,6 +373,7 @@ class FlowController(Node, TopicGated):
             **{f"dropped_{k}": n for k, n in sorted(core.dropped.items())},
             **{f"dropped_{k}": n for k, n in sorted(core.drop_reasons.items())},
             "ood_alarms": ood.alarms if ood else 0, "ood_alarms_window": alarms,
+            "ood_sustained": ood.sustained if ood else False, "ood_episodes": ood.episodes if ood else 0,
             "ood_threshold_low": "off" if ood is None else ood.thresholds["low"],
             "ood_threshold_high": "off" if ood is None else ood.thresholds["high"],
             "action_log_likelihood": "none" if ood is None or ood.action_log_likelihood is None

@@ -155,6 +155,22 @@ def test_non_finite_output_and_ood_stop() -> None:
     assert command.reason is None and command.alarm
 
 
+def test_ood_alarm_is_sustained_with_hysteresis_and_only_then_stops() -> None:
+    likelihood = {"value": 0.0}
+    ood = OodMonitor(low_threshold=1.0, high_threshold=-5.0, raise_after=3, clear_after=2)
+    core = make(policy=lambda o, s: (np.clip(s - o, -1, 1), likelihood["value"]), ood=ood, ood_stop=True)
+    reasons = []
+    for k, value in enumerate([0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 5.0, 5.0, 0.0]):
+        likelihood["value"] = value
+        feed(core, T0 + k * PERIOD)
+        reasons.append(core.on_tick(T0 + k * PERIOD)[0].reason)
+    # two alarms then a clean one: not sustained; three in a row: safe stops until two clean in a row
+    assert reasons == [None, None, None, None, None, "ood", "ood", "ood", "ood", "ood", None, None]
+    assert ood.alarms == 8 and ood.episodes == 1 and not ood.sustained
+    with pytest.raises(ValueError):
+        OodMonitor(1.0, 1.0, raise_after=0)
+
+
 def test_names_that_differ_from_the_bundle_are_rejected_and_counted() -> None:
     core = make(lockstep=True)
     core.on_goal([1.0, 1.0], T0, ("x", "y"), T0)

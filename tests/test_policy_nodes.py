@@ -479,7 +479,8 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
     shared = common(bundle, replan_every=1)
     launch("subgoal_planner", shared)
     launch("flow_controller", {**shared, "trigger": "observation", "observation_timeout_s": 10.0,
-                               "subgoal_wait_s": 5.0, "ood_alarm": True, "ood_action": "warn"})
+                               "subgoal_wait_s": 5.0, "ood_alarm": True, "ood_action": "warn",
+                               "ood_raise_after": 1})  # one alarm is sustained here (hysteresis: test_control_core)
     driver.wait_for_graph(observation_subs=2, subgoal_subs=1)
     driver.publish_goal(goal)
     for obs in inside:
@@ -488,7 +489,7 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
     assert all(v["ood_alarms"] == "0" for _, _, v in driver.status("flow_controller"))
     command = step_lockstep(driver, crafted)
     assert not is_zero(command)  # ood_action warn: the alarm does not stop the robot
-    assert driver.spin(2.0, until=lambda: any(level == 1 and int(v["ood_alarms"]) >= 1
+    assert driver.spin(2.0, until=lambda: any(level == 1 and int(v["ood_alarms"]) >= 1 and v["ood_sustained"] == "True"
                                               for _, level, v in driver.status("flow_controller")))
 
 

@@ -284,7 +284,7 @@ class ControllerCore:
         except FloatingPointError as exc:  # the runtime's NonFiniteOutputError
             return self._safe("non_finite_output", stamp, str(exc))
         alarm = self.ood.check(float(log_prob)) if self.ood is not None else None
-        if alarm and self.ood_stop:
+        if alarm is not None and self.ood.sustained and self.ood_stop:
             return self._safe("ood", stamp, "log-likelihood below the training-data threshold")._replace(alarm=alarm)
         command = self.commands.policy_command(action)
         if command is None:

@@ -56,11 +56,23 @@ class OodAlarm:
 
 
 class OodMonitor:
-    """Compares each action's and the latest subgoal's log-likelihood with the bundle's thresholds."""
+    """Compares each action's and the latest subgoal's log-likelihood with the bundle's thresholds.
 
-    def __init__(self, low_threshold: float, high_threshold: float):
+    Each check below a threshold is an alarm (counted). The alarm becomes *sustained* after
+    `raise_after` alarms in a row and stops being so after `clear_after` clean checks in a row
+    (hysteresis): a sustained alarm is what the operator hears about and what `ood_action:
+    safe_stop` stops on; a single low-likelihood command in a good run is neither.
+    """
+
+    def __init__(self, low_threshold: float, high_threshold: float, raise_after: int = 1, clear_after: int = 1):
+        if raise_after < 1 or clear_after < 1:
+            raise ValueError("raise_after and clear_after must be >= 1")
         self.thresholds = {"low": low_threshold, "high": high_threshold}
+        self.raise_after, self.clear_after = raise_after, clear_after
         self.alarms = 0
+        self.sustained = False
+        self.episodes = 0  # times the alarm became sustained
+        self._run = 0  # alarms in a row (while clear) or clean checks in a row (while sustained)
         self.subgoal_log_likelihood: float | None = None
         self.action_log_likelihood: float | None = None
 
@@ -71,4 +83,8 @@ class OodMonitor:
                          self.subgoal_log_likelihood is not None
                          and self.subgoal_log_likelihood < self.thresholds["high"])
         self.alarms += bool(alarm)
+        self._run = self._run + 1 if bool(alarm) != self.sustained else 0
+        if self._run >= (self.clear_after if self.sustained else self.raise_after):
+            self.sustained, self._run = not self.sustained, 0
+            self.episodes += self.sustained
         return alarm
