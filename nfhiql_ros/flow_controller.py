@@ -303,10 +303,10 @@ class FlowController(Node, TopicGated):
             self.report_state()
 
     def _report_ood(self, command: Command) -> None:
-        """One line when the OOD alarm becomes sustained, one when it clears (not one per command)."""
+        """A warning when the OOD alarm becomes sustained (not one per command; clearing is a debug line)."""
         ood, thresholds = self.core.ood, self.ood_thresholds
         if not ood.sustained:
-            self.get_logger().info(f"OOD alarm cleared ({ood.clear_after} commands in a row above the thresholds)")
+            self.get_logger().debug(f"OOD alarm cleared ({ood.clear_after} commands in a row above the thresholds)")
             return
         which = " and ".join(w for w, bad in (("action", command.alarm.action), ("subgoal", command.alarm.subgoal))
                              if bad) or "action"
