@@ -212,3 +212,22 @@ def test_a_quaternion_comes_through_with_its_own_sign(cube_messages) -> None:
     quat = slice(22, 26)  # cube_quat: w x y z
     np.testing.assert_allclose(second.values[quat], -first.values[quat])
     np.testing.assert_allclose(second.values[26:], first.values[26:])  # yaw does not care
+
+
+def test_nfhiql_bundle_interface_attaches_a_fitting_spec_and_refuses_another(tmp_path, capsys) -> None:
+    import json
+    import shutil
+
+    from nfhiql_core import cli
+    from nfhiql_core.deploy.bundle import load_bundle
+
+    bundle = tmp_path / "pointmaze"
+    shutil.copytree(REPO / "bundles" / "pointmaze-medium-navigate", bundle)
+    assert cli.main(["bundle", "interface", str(bundle), str(MAZE_SPEC)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["action"] == ["dx", "dy"]
+    assert load_bundle(bundle).metadata.interface_spec() == load_spec(MAZE_SPEC)
+    before = (bundle / "bundle.json").read_bytes()
+    assert cli.main(["bundle", "interface", str(bundle), str(CUBE_SPEC)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "this interface's observation has 28 values, the bundle's 2" in err
+    assert (bundle / "bundle.json").read_bytes() == before  # nothing written

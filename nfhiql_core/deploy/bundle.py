@@ -279,6 +279,10 @@ def attach_interface(bundle_dir: str | os.PathLike, spec: InterfaceSpec) -> Bund
     bundle.json is rewritten atomically and resealed; the models are untouched."""
     bundle = load_bundle(bundle_dir)
     meta = bundle.metadata
+    for what, theirs, ours in (("observation", len(spec.observation_names), meta.obs_dim),
+                               ("action", len(spec.action_names), meta.action_dim)):
+        if theirs != ours:
+            raise BundleError(f"{bundle.path}: this interface's {what} has {theirs} values, the bundle's {ours}")
     data = {**to_dict(meta), "interface": to_dict(spec), "observation_names": list(spec.observation_names),
             "goal_names": list(spec.observation_names), "action_names": list(spec.action_names)}
     new = from_dict(BundleMetadata, data, "bundle metadata")
