@@ -75,17 +75,9 @@ class InterfaceOutput:
         self.publishers = {topic: node.create_publisher(MESSAGE_CLASSES[msgtype], topic, COMMAND_QOS)
                            for topic, msgtype in command_topics(spec).items()}
 
-    @property
-    def publisher(self):
-        """The first command publisher (what shutdown waits on for acknowledgement)."""
-        return next(iter(self.publishers.values()))
-
     def publish(self, action: np.ndarray, stamp: int) -> None:
         for command in self.encoder.encode(np.asarray(action, dtype=np.float64)):
             self.publishers[command.topic].publish(self._message(command, stamp))
-
-    def wait_for_all_acked(self, timeout) -> bool:
-        return all(p.wait_for_all_acked(timeout) for p in self.publishers.values())
 
     def _message(self, c: RawCommand, stamp: int) -> Any:
         values = [float(v) for v in c.values]
