@@ -180,8 +180,13 @@ def _experiment(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from nfhiql_core.analysis.plots import plot_runs
+    from nfhiql_core.analysis.plots import is_expert_run, plot_expert_run, plot_runs
 
+    if any(map(is_expert_run, args.run_dirs)):
+        if len(args.run_dirs) != 1:
+            raise NfhiqlError("nfhiql plot: an expert run directory is plotted alone (one per call)")
+        print(f"wrote {plot_expert_run(args.run_dirs[0], args.output)}")
+        return
     print(f"wrote {plot_runs(args.run_dirs, args.output)}")
 
 
@@ -303,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_experiment)
 
-    p = sub.add_parser("plot", help="learning curves (eval success, losses) of one or more runs")
+    p = sub.add_parser("plot", help="learning curves (eval success, losses) of one or more runs, or of "
+                                        "one `nfhiql expert ant` run (directional velocity)")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("-o", "--output", default="curves.png")
     p.set_defaults(func=_plot)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfhiql_core.analysis.plots import plot_runs
+from nfhiql_core.analysis.plots import is_expert_run, plot_expert_run, plot_runs
 from nfhiql_core.bench.train import bench_train, synthetic_dataset
 from nfhiql_core.errors import NfhiqlError
 from nfhiql_core.training.metrics import MetricsLogger
@@ -26,6 +26,18 @@ def test_plot_runs_writes_a_png(tmp_path):
 def test_plot_rejects_a_directory_without_metrics(tmp_path):
     with pytest.raises(NfhiqlError, match="train.csv"):
         plot_runs([tmp_path], tmp_path / "x.png")
+
+
+def test_plot_expert_run_writes_a_png(tmp_path):
+    logger = MetricsLogger(tmp_path)
+    for step in (10_000, 20_000):
+        logger.log("train", step, {"episode_velocity": step / 1e5, "critic_loss": 1.0, "alpha": 0.5})
+    logger.log("eval", 20_000, {"velocity": 0.3, "velocity_min": 0.1, "return": 30.0, "length": 900.0})
+    logger.close()
+    assert is_expert_run(tmp_path)
+    out = plot_expert_run(tmp_path, tmp_path / "expert.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not is_expert_run(tmp_path / "elsewhere")
 
 
 def test_bench_train_reports_both_policies(tmp_path, capsys):

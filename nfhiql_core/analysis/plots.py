@@ -44,6 +44,45 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
     return output
 
 
+EXPERT_TRAIN_PANELS = ("episode_velocity", "critic_loss", "alpha")
+
+
+def plot_expert_run(run_dir: str | Path, output: str | Path) -> Path:
+    """One figure of an `nfhiql expert ant` run: evaluated directional velocity (mean and worst episode)
+    and the exploration velocity, critic loss and temperature over environment steps."""
+    run_dir = Path(run_dir)
+    train_csv, eval_csv = run_dir / "train.csv", run_dir / "eval.csv"
+    for path in (train_csv, eval_csv):
+        if not path.exists():
+            raise NfhiqlError(f"{path}: not found (is {run_dir} an `nfhiql expert ant` run directory?)")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 1 + len(EXPERT_TRAIN_PANELS), figsize=(4.2 * (1 + len(EXPERT_TRAIN_PANELS)), 3.4))
+    rows = read_csv(eval_csv)
+    steps = [r["step"] for r in rows]
+    axes[0].plot(steps, [r["velocity"] for r in rows], marker="o", label="mean")
+    axes[0].plot(steps, [r["velocity_min"] for r in rows], marker="o", label="worst episode")
+    axes[0].set_title("evaluated directional velocity (m/s)")
+    axes[0].legend(fontsize=8)
+    rows = read_csv(train_csv)
+    for ax, key in zip(axes[1:], EXPERT_TRAIN_PANELS):
+        ax.plot([r["step"] for r in rows], [r[key] for r in rows])
+        ax.set_title(key)
+    for ax in axes:
+        ax.set_xlabel("environment step")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    output = Path(output)
+    save_figure(fig, output)
+    return output
+
+
+def is_expert_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` was written by `nfhiql expert ant` (its eval.csv reports velocities)."""
+    eval_csv = Path(run_dir) / "eval.csv"
+    return eval_csv.exists() and "velocity" in eval_csv.read_text().split("\n", 1)[0].split(",")
+
+
 def pyplot():
     """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
