@@ -12,6 +12,7 @@ from nfhiql_core.errors import NfhiqlError
 
 if TYPE_CHECKING:
     from nfhiql_core.evaluation.protocol import EvalResult
+    from nfhiql_core.training.train import TrainConfig
 
 
 def _datagen(args: argparse.Namespace) -> None:
@@ -41,11 +42,38 @@ def _bag2data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from nfhiql_core.training.distributed import World
     from nfhiql_core.training.train import load_train_config, train
 
     config = load_train_config(args.config, args.overrides)
+    if args.nproc is not None:
+        return _torchrun_train(args, config)
     path = train(config, resume=args.resume, force=args.force, progress=not args.quiet)
-    print(f"checkpoint: {path}")
+    if World.from_env().is_main:
+        print(f"checkpoint: {path}")
+
+
+def _torchrun_train(args: argparse.Namespace, config: "TrainConfig") -> None:
+    """`nfhiql train --nproc N`: this same command, without --nproc, in N processes under torchrun."""
+    from nfhiql_core.training.distributed import World
+
+    if args.nproc >= 1:  # else _torchrun refuses it
+        World(size=args.nproc).shard_size(config.train.batch_size)  # an uneven split, before launching
+    flags = [flag for flag, on in (("--resume", args.resume), ("--force", args.force), ("--quiet", args.quiet)) if on]
+    _torchrun(args.nproc, ["train", "--config", args.config, *flags, *args.overrides])
+
+
+def _torchrun(nproc: int, command: Sequence[str]) -> None:
+    """`nfhiql COMMAND` in `nproc` processes on this machine: `python -m torch.distributed.run --standalone`."""
+    import subprocess
+
+    if nproc < 1:
+        raise NfhiqlError(f"--nproc must be >= 1, got {nproc}")
+    status = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc-per-node={nproc}", "-m", "nfhiql_core.cli", *command]).returncode
+    if status:
+        raise NfhiqlError(f"torchrun: nfhiql {command[0]} failed (exit status {status}); the failing rank's error "
+                          "is above")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -153,6 +181,10 @@ def _bench_replan(args: argparse.Namespace) -> None:
 def _bench_train(args: argparse.Namespace) -> None:
     from nfhiql_core.bench.train import bench_train
 
+    if args.nproc is not None:
+        return _torchrun(args.nproc, ["bench", "train", "--configs", *args.configs, "--steps", str(args.steps),
+                                      "--warmup", str(args.warmup), "--threads", str(args.threads), "--device",
+                                      args.device, "--compute-dtypes", *args.compute_dtypes])
     bench_train(args.configs, steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device,
                 compute_dtypes=args.compute_dtypes)
 
@@ -251,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. agent.policy=gaussian")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoint.pt")
     p.add_argument("--force", action="store_true", help="delete a non-empty run_dir and start over")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with DDP in N processes on this machine (launches torchrun; one per GPU, or "
+                        "CPU processes under gloo); multi-node: run torchrun yourself (docs/design/scaling.md)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)
 
@@ -341,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--compute-dtypes", nargs="+", default=["float32", "bfloat16"],
                    help="AgentConfig.compute_dtype values to time")
+    b.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="time the DDP step of N processes sharing each global batch (launches torchrun)")
     b.set_defaults(func=_bench_train)
     b = bench.add_parser("inference", help="batch-1 latency of plan/act through ONNX Runtime (and torch eager)")
     b.add_argument("bundle")

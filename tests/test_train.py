@@ -113,10 +113,10 @@ def test_resume_after_crash_drops_lost_rows(reference, overrides, request, tmp_p
     run_b = tmp_path / "B"
     real_save = train_module.save_checkpoint
 
-    def crash_at_30(path, agent, cfg, step, rng):
+    def crash_at_30(path, agent, cfg, step, rng, **kwargs):
         if step == 30:
             raise KeyboardInterrupt("simulated crash")
-        real_save(path, agent, cfg, step, rng)
+        real_save(path, agent, cfg, step, rng, **kwargs)
 
     monkeypatch.setattr(train_module, "save_checkpoint", crash_at_30)
     with pytest.raises(KeyboardInterrupt):

@@ -249,13 +249,19 @@ class HIQLAgent(nn.Module):
         return loss, {"loss": loss.detach(), "log_prob": log_prob.detach().mean(), "adv": adv.mean(),
                       "weight": weights.mean()}
 
-    def update(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`compute_losses`: the module call DistributedDataParallel wraps."""
+        return self.compute_losses(batch)
+
+    def update(self, batch: Mapping[str, torch.Tensor],
+               forward: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """One gradient step on all losses (and of the learning-rate schedule), then the EMA updates of
-        the target value and, when on, of the policy copies."""
+        the target value and, when on, of the policy copies. `forward` computes the losses in place of this
+        module: its DistributedDataParallel wrapper, which averages the gradients over the ranks."""
         c = self.config
         dtype = COMPUTE_DTYPES[c.compute_dtype]
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            loss, info = self.compute_losses(batch)
+            loss, info = (forward or self)(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.scheduler is not None:

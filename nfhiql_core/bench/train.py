@@ -1,12 +1,13 @@
 """`nfhiql bench train`: gradient steps per second of the real training step (goal sampling +
-host→device copy + one agent update), flow vs Gaussian policies, for each given recipe."""
+host→device copy + one agent update), flow vs Gaussian policies, for each given recipe; under torchrun
+(`--nproc N`) the DDP step of N processes sharing each global batch, timed and printed by rank 0."""
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from nfhiql_core.algo.agent import HIQLAgent
 from nfhiql_core.data.dataset import Dataset, load_dataset
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
 from nfhiql_core.errors import DatasetError
-from nfhiql_core.training.train import TrainConfig, load_train_config, resolve_device
+from nfhiql_core.training.distributed import World, seed_rank
+from nfhiql_core.training.train import TrainConfig, load_train_config
 
 # OGBench's JAX HIQL (impls/main.py) at full size on a 2-core machine of this project's kind
 # (shared/reference/measured-here.md): the baseline the full-size target is stated against.
@@ -34,16 +36,19 @@ def synthetic_dataset(obs_dim: int = 2, action_dim: int = 2, trajectories: int =
     return Dataset.from_arrays(observations, actions, terminals, source="<synthetic random walk>")
 
 
-def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per training step, averaged over `steps` after `warmup` untimed steps."""
+def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int, device: torch.device,
+                 world: World = World()) -> float:
+    """Seconds per training step, averaged over `steps` after `warmup` untimed steps (this rank's shard of
+    each global batch under DDP, in a process group `world` has joined)."""
     torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
     agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim, config.train.steps).to(device)
-    batch_size = config.train.batch_size
+    rng = seed_rank(config.seed, world.rank)
+    shard = world.shard_size(config.train.batch_size)
+    forward = world.wrap(agent, device)
 
     def step() -> None:
-        agent.update(agent.batch_to_tensors(sampler.sample(batch_size, rng)))
+        agent.update(agent.batch_to_tensors(sampler.sample(shard, rng)), forward)
 
     for _ in range(warmup):
         step()
@@ -57,45 +62,55 @@ def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int,
 
 def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, threads: int = 0,
                 device: str = "auto", compute_dtypes: Sequence[str] = ("float32",)) -> list[dict]:
-    """Print and return a throughput table: each recipe × compute dtype × {flow, gaussian}."""
+    """Print and return a throughput table: each recipe × compute dtype × {flow, gaussian} (rank 0 prints and
+    returns it under torchrun; the other ranks return an empty list)."""
+    world = World.from_env()
+    say = print if world.is_main else _silent
     if threads > 0:
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    print(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{steps} timed steps after {warmup} warm-up")
-    header = (f"{'recipe':<34} {'dtype':<9} {'policy':<9} {'batch':>5} {'actor/value MLP':>17} {'steps/s':>8} "
-              f"{'ms/step':>8}")
-    print(header + f" {'vs JAX HIQL':>11}")
-    rows = []
-    for path in config_paths:
-        config = load_train_config(path)
-        dataset = _dataset_for(config)
-        for dtype, policy in itertools.product(compute_dtypes, ("flow", "gaussian")):
-            agent = dataclasses.replace(config.agent, policy=policy, compute_dtype=dtype)
-            cfg = dataclasses.replace(config, agent=agent)
-            seconds = time_updates(cfg, dataset, steps, warmup, dev)
-            row = {"recipe": Path(path).stem, "compute_dtype": dtype, "policy": policy,
-                   "batch_size": cfg.train.batch_size,
-                   "actor_hidden_dims": list(cfg.agent.actor_hidden_dims),
-                   "value_hidden_dims": list(cfg.agent.value_hidden_dims),
-                   "steps_per_s": 1.0 / seconds, "dataset": dataset.source}
-            rows.append(row)
-            nets = f"{_dims(cfg.agent.actor_hidden_dims)}/{_dims(cfg.agent.value_hidden_dims)}"
-            print(f"{row['recipe']:<34} {dtype:<9} {policy:<9} {row['batch_size']:>5} {nets:>17} "
-                  f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f} "
-                  f"{row['steps_per_s'] / JAX_HIQL_FULL_SIZE_STEPS_PER_S:>10.2f}x")
-    print(f"(vs JAX HIQL: ratio to {JAX_HIQL_FULL_SIZE_STEPS_PER_S} steps/s, OGBench's JAX HIQL at full size "
-          "on a 2-core machine of this kind; meaningful for the full-size recipe)")
-    return rows
+    dev = world.device(device)
+    world.join(dev)
+    try:
+        say(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()} × {world.size} "
+            f"process(es), {steps} timed steps after {warmup} warm-up")
+        say(f"{'recipe':<34} {'dtype':<9} {'policy':<9} {'procs':>5} {'batch':>5} {'actor/value MLP':>17} "
+            f"{'steps/s':>8} {'ms/step':>8} {'vs JAX HIQL':>11}")
+        rows = []
+        for path in config_paths:
+            config = load_train_config(path)
+            dataset = _dataset_for(config, say)
+            for dtype, policy in itertools.product(compute_dtypes, ("flow", "gaussian")):
+                agent = dataclasses.replace(config.agent, policy=policy, compute_dtype=dtype)
+                cfg = dataclasses.replace(config, agent=agent)
+                seconds = time_updates(cfg, dataset, steps, warmup, dev, world)
+                row = {"recipe": Path(path).stem, "compute_dtype": dtype, "policy": policy, "processes": world.size,
+                       "batch_size": cfg.train.batch_size,
+                       "actor_hidden_dims": list(cfg.agent.actor_hidden_dims),
+                       "value_hidden_dims": list(cfg.agent.value_hidden_dims),
+                       "steps_per_s": 1.0 / seconds, "dataset": dataset.source}
+                rows.append(row)
+                nets = f"{_dims(cfg.agent.actor_hidden_dims)}/{_dims(cfg.agent.value_hidden_dims)}"
+                say(f"{row['recipe']:<34} {dtype:<9} {policy:<9} {world.size:>5} {row['batch_size']:>5} {nets:>17} "
+                    f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f} "
+                    f"{row['steps_per_s'] / JAX_HIQL_FULL_SIZE_STEPS_PER_S:>10.2f}x")
+        say(f"(vs JAX HIQL: ratio to {JAX_HIQL_FULL_SIZE_STEPS_PER_S} steps/s, OGBench's JAX HIQL at full size "
+            "on a 2-core machine of this kind; meaningful for the full-size recipe)")
+    finally:
+        world.leave()
+    return rows if world.is_main else []
 
 
-def _dataset_for(config: TrainConfig) -> Dataset:
+def _dataset_for(config: TrainConfig, say: Callable[[str], None]) -> Dataset:
     try:
         return load_dataset(config.dataset.path)
     except DatasetError:  # the recipe's dataset was not generated on this machine
         dataset = synthetic_dataset()
-        print(f"  ({config.dataset.path} not found: using {dataset.source}, obs 2 / act 2)")
+        say(f"  ({config.dataset.path} not found: using {dataset.source}, obs 2 / act 2)")
         return dataset
+
+
+def _silent(*_: object) -> None:
+    """`print` of ranks other than 0."""
 
 
 def _dims(dims: Sequence[int]) -> str:

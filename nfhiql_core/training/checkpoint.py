@@ -1,10 +1,10 @@
-"""Training checkpoints: model (EMA copies included), optimizer, learning-rate schedule, RNG states and
-step in one atomically written file."""
+"""Training checkpoints: model (EMA copies included), optimizer, learning-rate schedule, RNG states (of
+every training process) and step in one atomically written file."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
 from nfhiql_core.atomic_io import atomic_open
 from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.errors import NfhiqlError
+from nfhiql_core.training.distributed import seed_rank
 
 FORMAT = "nfhiql-checkpoint/1"
 
@@ -24,7 +25,9 @@ class CheckpointError(NfhiqlError):
 @dataclass
 class Checkpoint:
     """What a checkpoint holds; `config` is the full training config as a plain dict, `scheduler` the
-    learning-rate schedule's state (None without a schedule, and in checkpoints written before schedules)."""
+    learning-rate schedule's state (None without a schedule, and in checkpoints written before schedules);
+    `numpy_rng`/`torch_rng` are rank 0's RNG states and `rank_rngs` those of ranks 1, 2, … of a
+    distributed run (`rng_state` dicts; empty for one process)."""
 
     step: int
     obs_dim: int
@@ -35,6 +38,7 @@ class Checkpoint:
     numpy_rng: dict[str, Any]
     torch_rng: torch.Tensor
     scheduler: dict[str, Any] | None = None
+    rank_rngs: list[dict[str, Any]] = field(default_factory=list)
 
     def build_agent(self, device: str | torch.device = "cpu") -> HIQLAgent:
         """Rebuild the agent with its trained weights (optimizer and schedule state included)."""
@@ -52,9 +56,15 @@ class Checkpoint:
             agent.scheduler.load_state_dict(self.scheduler)
 
 
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """This process's RNG states: its numpy sampling generator and torch's global RNG."""
+    return {"numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+
 def save_checkpoint(path: str | Path, agent: HIQLAgent, config: Any, step: int,
-                    rng: np.random.Generator) -> None:
-    """Atomically write the training state at `step` (a crash never leaves a torn file)."""
+                    rng: np.random.Generator, rank_rngs: Sequence[dict[str, Any]] = ()) -> None:
+    """Atomically write the training state at `step` (a crash never leaves a torn file); `rng` is this
+    process's generator, `rank_rngs` the `rng_state` of ranks 1, 2, … of a distributed run."""
     state = {
         "format": FORMAT,
         "step": step,
@@ -63,8 +73,8 @@ def save_checkpoint(path: str | Path, agent: HIQLAgent, config: Any, step: int,
         "config": to_dict(config),
         "model": agent.state_dict(),
         "optimizer": agent.optimizer.state_dict(),
-        "numpy_rng": rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
+        **rng_state(rng),
+        "rank_rngs": list(rank_rngs),
         "scheduler": None if agent.scheduler is None else agent.scheduler.state_dict(),
     }
     with atomic_open(path, "wb") as f:
@@ -85,10 +95,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint(**{k: state[k] for k in Checkpoint.__dataclass_fields__ if k in state})
 
 
-def restore_rng(checkpoint: Checkpoint) -> np.random.Generator:
-    """Restore torch's global RNG and return the numpy generator at the checkpointed state."""
-    torch.set_rng_state(checkpoint.torch_rng.cpu())
+def restore_rng(checkpoint: Checkpoint, rank: int = 0) -> np.random.Generator:
+    """Restore torch's global RNG and return the numpy generator of rank `rank` at the checkpointed state.
+
+    A rank the checkpoint holds no state for (a run resumed by more processes than wrote it) starts a
+    fresh stream seeded from the recipe's seed, its rank and the checkpoint's step.
+    """
+    if rank > len(checkpoint.rank_rngs):
+        return seed_rank(checkpoint.config["seed"], rank, checkpoint.step)
+    state = {"numpy_rng": checkpoint.numpy_rng, "torch_rng": checkpoint.torch_rng} if rank == 0 \
+        else checkpoint.rank_rngs[rank - 1]
+    torch.set_rng_state(state["torch_rng"].cpu())
     rng = np.random.default_rng()
-    rng.bit_generator.state = checkpoint.numpy_rng
+    rng.bit_generator.state = state["numpy_rng"]
     return rng
 

@@ -1,5 +1,6 @@
 """Offline training: dataset → goal sampler → agent updates, with periodic evaluation,
-metrics (CSV + TensorBoard), atomic checkpoints and crash-safe resume."""
+metrics (CSV + TensorBoard), atomic checkpoints and crash-safe resume; one process, or one per device
+under torchrun (`nfhiql_core.training.distributed`)."""
 from __future__ import annotations
 
 import json
@@ -12,16 +13,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import yaml
+from torch import nn
 from tqdm import tqdm
 
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy
 from nfhiql_core.atomic_io import save_json
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
-from nfhiql_core.data.dataset import load_dataset
+from nfhiql_core.data.dataset import Dataset, load_dataset
 from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
 from nfhiql_core.errors import ConfigError, OutputExistsError
-from nfhiql_core.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from nfhiql_core.training.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from nfhiql_core.training.distributed import World, seed_rank
 from nfhiql_core.training.metrics import MetricsLogger
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -108,20 +111,24 @@ def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainC
 
 def resolve_device(name: str) -> torch.device:
     """'auto' → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return World().device(name)
 
 
 def train(config: TrainConfig, resume: bool = False, force: bool = False, progress: bool = True) -> Path:
-    """Run (or resume) training; returns the path of the final checkpoint."""
+    """Run (or resume) training; returns the path of the final checkpoint.
+
+    Under torchrun every rank calls this: each samples its shard of the global batch, DDP averages the
+    gradients, and rank 0 alone writes the run directory.
+    """
+    world = World.from_env()
     run_dir = Path(config.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    replace = check_run_dir(run_dir, resume, force)
+    replace = check_run_dir(run_dir, resume, force) if world.is_main else False
     loop = config.train
+    shard = world.shard_size(loop.batch_size)
     if loop.threads > 0:
         torch.set_num_threads(loop.threads)
-    device = resolve_device(loop.device)
+    device = world.device(loop.device)
 
     # Everything that can refuse the run comes before the run directory is touched: a --force run
     # with a bad dataset or recipe leaves the run it would have replaced as it was.
@@ -129,42 +136,70 @@ def train(config: TrainConfig, resume: bool = False, force: bool = False, progre
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
     torch.manual_seed(config.seed)
     agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim, loop.steps).to(device)
+    world.join(device)
+    try:
+        ckpt = world.broadcast(_open_run_dir(run_dir, replace, resume, config, dataset) if world.is_main else None)
+        if ckpt is None:
+            rng = seed_rank(config.seed, world.rank)
+        else:
+            ckpt.restore(agent)
+            rng = restore_rng(ckpt, world.rank)
+        resume_step = (ckpt.step if ckpt else 0) if resume else None
+        _train_loop(agent, world.wrap(agent, device), sampler, shard, rng, resume_step, config, world, progress)
+    finally:
+        world.leave()
+    return ckpt_path
+
+
+def _open_run_dir(run_dir: Path, replace: bool, resume: bool, config: TrainConfig,
+                  dataset: Dataset) -> Checkpoint | None:
+    """Rank 0: prepare the run directory; the checkpoint to resume from, checked against this run."""
     prepare_run_dir(run_dir, replace)
-    rng = np.random.default_rng(config.seed)
-    start = 0
+    ckpt_path = run_dir / CHECKPOINT_NAME
     data_record = {"path": dataset.source, "sha256": sha256_file(dataset.source)}
+    ckpt = None
     if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device)
+        ckpt = load_checkpoint(ckpt_path)
         _check_same_recipe(ckpt.config, config, ckpt_path)
         _check_same_dataset(run_dir / DATASET_RECORD, data_record)
-        ckpt.restore(agent)
-        rng = restore_rng(ckpt)
-        start = ckpt.step
     else:
         save_json(run_dir / DATASET_RECORD, data_record)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    return ckpt
 
-    metrics = MetricsLogger(run_dir, resume_step=start if resume else None)
-    bar = tqdm(total=loop.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+
+def _train_loop(agent: HIQLAgent, forward: nn.Module, sampler: HierarchicalGoalSampler, shard: int,
+                rng: np.random.Generator, resume_step: int | None, config: TrainConfig, world: World,
+                progress: bool) -> None:
+    """Updates after `resume_step` (None: a new run) to train.steps; rank 0 logs, evaluates and checkpoints."""
+    loop = config.train
+    start = resume_step or 0
+    ckpt_path = Path(config.run_dir) / CHECKPOINT_NAME
+    metrics = MetricsLogger(config.run_dir, resume_step=resume_step) if world.is_main else None
+    bar = tqdm(total=loop.steps, initial=start, disable=not (progress and world.is_main), desc="train",
+               dynamic_ncols=True)
     tick, tick_step = time.perf_counter(), start
     for step in range(start + 1, loop.steps + 1):
-        info = agent.update(agent.batch_to_tensors(sampler.sample(loop.batch_size, rng)))
+        info = agent.update(agent.batch_to_tensors(sampler.sample(shard, rng)), forward)
         bar.update(1)
         if step % loop.log_interval == 0:
-            now = time.perf_counter()
-            values = {k: v.item() for k, v in info.items()}
-            values["steps_per_s"] = (step - tick_step) / (now - tick)
-            tick, tick_step = now, step
-            metrics.log("train", step, values)
-            bar.set_postfix(loss=f"{values['loss']:.3f}", sps=f"{values['steps_per_s']:.1f}")
-        if config.env and loop.eval_interval and (step == loop.steps
-                                                  or (step >= loop.eval_start and step % loop.eval_interval == 0)):
+            values = world.mean(info)
+            if metrics is not None:
+                now = time.perf_counter()
+                values["steps_per_s"] = (step - tick_step) / (now - tick)
+                tick, tick_step = now, step
+                metrics.log("train", step, values)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", sps=f"{values['steps_per_s']:.1f}")
+        if metrics is not None and config.env and loop.eval_interval and (
+                step == loop.steps or (step >= loop.eval_start and step % loop.eval_interval == 0)):
             _evaluate_and_log(agent, config, step, metrics, progress)
         if step % loop.checkpoint_interval == 0 or step == loop.steps:
-            save_checkpoint(ckpt_path, agent, config, step, rng)
+            states = world.gather(rng_state(rng))
+            if world.is_main:
+                save_checkpoint(ckpt_path, agent, config, step, rng, rank_rngs=states[1:])
     bar.close()
-    metrics.close()
-    return ckpt_path
+    if metrics is not None:
+        metrics.close()
 
 
 def check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
