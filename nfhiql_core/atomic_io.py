@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator, Mapping
 
@@ -41,6 +43,35 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_output_dir(path: str | os.PathLike, force: bool) -> None:
+    """OutputExistsError if `path` is a file or a non-empty directory and `force` is False."""
+    path = Path(path)
+    if path.exists() and (path.is_file() or any(path.iterdir())) and not force:
+        raise OutputExistsError(f"{path}: already exists and is not empty (pass --force to overwrite)")
+
+
+def staging_dir(path: str | os.PathLike) -> Path:
+    """A new empty directory beside `path` (same file system, so `publish_dir`'s rename is atomic)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, path: Path, force: bool) -> None:
+    """fsync the files of `tmp`, then rename it to `path` (replacing an old one if `force`)."""
+    for file in tmp.iterdir():
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+    check_output_dir(path, force)
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}") if path.exists() else None
+    if old is not None:
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def _umask() -> int:

@@ -1,5 +1,5 @@
-"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, train, eval, export, experiment, plot, modes,
-bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
+"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, dataset, train, eval, export, experiment, plot,
+modes, bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +74,14 @@ def _torchrun(nproc: int, command: Sequence[str]) -> None:
     if status:
         raise NfhiqlError(f"torchrun: nfhiql {command[0]} failed (exit status {status}); the failing rank's error "
                           "is above")
+
+
+def _dataset_convert(args: argparse.Namespace) -> None:
+    from nfhiql_core.data.convert import convert_npz
+
+    dataset = convert_npz(args.npz, args.output, force=args.force, progress=not args.quiet)
+    print(json.dumps({"dataset": args.output, "rows": len(dataset), "trajectories": dataset.num_trajectories,
+                      "obs_dim": dataset.obs_dim, "action_dim": dataset.action_dim}))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -288,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU processes under gloo); multi-node: run torchrun yourself (docs/design/scaling.md)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("dataset", help="dataset layouts")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    d = verbs.add_parser("convert", help="OGBench .npz → the memory-mapped .npy layout that training reads without "
+                         "loading it (for datasets larger than RAM); dataset.path may then name the directory")
+    d.add_argument("npz", help="an OGBench-format .npz (raw or compact layout)")
+    d.add_argument("-o", "--output", required=True, help="the dataset directory to write")
+    d.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_dataset_convert)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint or a bundle directory with the OGBench protocol")
     p.add_argument("checkpoint", help="checkpoint file, or bundle directory (run through ONNX Runtime)")

@@ -18,6 +18,7 @@ from recipes import make_dataset, write_recipe
 import nfhiql_core.training.train as train_module
 from nfhiql_core.algo.agent import lr_factor
 from nfhiql_core.checksums import sha256_file
+from nfhiql_core.data.convert import convert_npz
 from nfhiql_core.errors import ConfigError, DatasetError, OutputExistsError
 from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.training.metrics import read_csv
@@ -351,6 +352,18 @@ def test_resume_refuses_a_dataset_that_changed(setup, tmp_path):
     make_dataset(data)  # the original bytes again: resumes
     train(config(recipe, run, "train.steps=20", f"dataset.path={data}"), resume=True, progress=False)
     assert load_checkpoint(run / "checkpoint.pt").step == 20
+
+
+def test_training_from_the_memory_mapped_layout_equals_training_from_its_npz(setup, tmp_path):
+    """The converted layout trains to the very same checkpoint; the run records the layout's manifest."""
+    recipe, run_a = setup
+    layout = tmp_path / "walk-npy"
+    convert_npz(load_train_config(recipe).dataset.path, layout, progress=False)
+    run = tmp_path / "run"
+    train(config(recipe, run, f"dataset.path={layout}"), progress=False)
+    assert_same_checkpoint(run_a / "checkpoint.pt", run / "checkpoint.pt", 40)
+    assert json.loads((run / DATASET_RECORD).read_text()) == {"path": str(layout),
+                                                             "sha256": sha256_file(layout / "dataset.json")}
 
 
 def test_non_empty_dir_without_checkpoint_is_protected(setup, tmp_path):

@@ -64,7 +64,6 @@ class HierarchicalGoalSampler:
         config.validate()
         self.dataset = dataset
         self.config = config
-        self._valid_idxs = dataset.valid_indices
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Draw a batch of `batch_size` transitions with their goals; deterministic given `rng`."""
@@ -72,23 +71,25 @@ class HierarchicalGoalSampler:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         cfg = self.config
         idxs = self._random_valid_idxs(batch_size, rng)
-        ends = self.dataset.traj_ends[idxs]
+        ends = self.dataset.trajectory_ends(idxs)
         value_goal_idxs = self._value_goal_idxs(idxs, ends, rng)
         low_goal_idxs = np.minimum(idxs + cfg.subgoal_steps, ends)
         high_goal_idxs, high_target_idxs = self._high_actor_idxs(idxs, ends, rng)
 
         successes = (idxs == value_goal_idxs).astype(np.float32)
-        obs = self.dataset.observations
+        obs_idxs = (idxs, idxs + 1, value_goal_idxs, low_goal_idxs, high_goal_idxs, high_target_idxs)
+        obs, next_obs, value_goals, low_goals, high_goals, high_targets = np.split(
+            self.dataset.rows("observations", np.concatenate(obs_idxs)), len(obs_idxs))  # one read of all rows
         return {
-            "observations": obs[idxs],
-            "next_observations": obs[idxs + 1],
-            "actions": self.dataset.actions[idxs],
-            "value_goals": obs[value_goal_idxs],
+            "observations": obs,
+            "next_observations": next_obs,
+            "actions": self.dataset.rows("actions", idxs),
+            "value_goals": value_goals,
             "rewards": successes - (1.0 if cfg.gc_negative else 0.0),
             "masks": 1.0 - successes,
-            "low_actor_goals": obs[low_goal_idxs],
-            "high_actor_goals": obs[high_goal_idxs],
-            "high_actor_targets": obs[high_target_idxs],
+            "low_actor_goals": low_goals,
+            "high_actor_goals": high_goals,
+            "high_actor_targets": high_targets,
             "idxs": idxs,
             "value_goal_idxs": value_goal_idxs,
             "low_actor_goal_idxs": low_goal_idxs,
@@ -97,7 +98,7 @@ class HierarchicalGoalSampler:
         }
 
     def _random_valid_idxs(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self._valid_idxs[rng.integers(len(self._valid_idxs), size=n)]
+        return self.dataset.nth_valid(rng.integers(self.dataset.num_valid, size=n))
 
     def _trajectory_goal_idxs(
         self, idxs: np.ndarray, ends: np.ndarray, geometric: bool, rng: np.random.Generator

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,14 +27,14 @@ from torch import nn
 import nfhiql_core
 from nfhiql_core.algo.agent import HIQLAgent
 from nfhiql_core.algo.networks import length_normalize
-from nfhiql_core.atomic_io import save_json
+from nfhiql_core.atomic_io import check_output_dir, publish_dir, save_json, staging_dir
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.data.dataset import load_dataset
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
 from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sealed
 from nfhiql_core.deploy.runtime import LevelSession
-from nfhiql_core.errors import NfhiqlError, OutputExistsError
+from nfhiql_core.errors import NfhiqlError
 from nfhiql_core.evaluation.names import component_names
 from nfhiql_core.interface.robots import env_spec
 from nfhiql_core.interface.spec import InterfaceSpec, load_spec
@@ -176,25 +175,6 @@ def _env_description(env_name: str | None, obs_dim: int, action_dim: int) -> dic
     return desc
 
 
-def _check_output(path: Path, force: bool) -> None:
-    if path.exists() and (path.is_file() or any(path.iterdir())) and not force:
-        raise OutputExistsError(f"{path}: already exists and is not empty (pass --force to overwrite)")
-
-
-def _publish(tmp: Path, path: Path, force: bool) -> None:
-    """fsync the files of `tmp`, then rename it to `path` (replacing an old bundle if `force`)."""
-    for file in tmp.iterdir():
-        with open(file, "rb") as f:
-            os.fsync(f.fileno())
-    _check_output(path, force)
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}") if path.exists() else None
-    if old is not None:
-        os.rename(path, old)
-    os.rename(tmp, path)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def _write_models(agent: HIQLAgent, tmp: Path, opset: int, atol: float) -> tuple[dict[str, ModelInfo], ParityReport]:
     """Export both levels into `tmp` and verify them against torch; ExportError if they differ."""
     models, diffs = {}, {}
@@ -262,7 +242,7 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
     become the bundle's. Refuses a non-empty `output_dir` unless `force`.
     """
     out = Path(output_dir)
-    _check_output(out, force)
+    check_output_dir(out, force)
     ckpt = load_checkpoint(checkpoint)
     agent = ckpt.build_agent("cpu").eval()
     env_name = env or ckpt.config.get("env")
@@ -273,8 +253,7 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
     if spec is not None:
         desc.update(observation_names=tuple(spec.observation_names), action_names=tuple(spec.action_names),
                     interface=to_dict(spec))
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir(parents=True)  # beside the target (same file system: the final rename is atomic)
+    tmp = staging_dir(out)
     try:
         models, parity = _write_models(agent, tmp, opset, atol)
         sessions = {level: LevelSession(tmp / models[level].file, models[level], ["CPUExecutionProvider"])
@@ -283,7 +262,7 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
         metadata = _metadata(agent, ckpt.config, ckpt.step, Path(checkpoint), env_name, desc, models, parity, opset)
         save_json(tmp / "bundle.json", sealed(to_dict(metadata)))
         load_bundle(tmp)  # what a runtime will check, before publishing
-        _publish(tmp, out, force)
+        publish_dir(tmp, out, force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return metadata

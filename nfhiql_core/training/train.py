@@ -18,9 +18,8 @@ from tqdm import tqdm
 
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy
 from nfhiql_core.atomic_io import save_json
-from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
-from nfhiql_core.data.dataset import Dataset, load_dataset
+from nfhiql_core.data.dataset import Dataset, dataset_sha256, load_dataset
 from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
 from nfhiql_core.errors import ConfigError, OutputExistsError
 from nfhiql_core.training.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -28,7 +27,7 @@ from nfhiql_core.training.distributed import World, seed_rank
 from nfhiql_core.training.metrics import MetricsLogger
 
 CHECKPOINT_NAME = "checkpoint.pt"
-DATASET_RECORD = "dataset.json"  # {"path", "sha256"} of the file a run was trained on from its first step
+DATASET_RECORD = "dataset.json"  # {"path", "sha256"} of the dataset a run was trained on (`dataset_sha256`)
 # Sampler knobs that live in the agent section (one home each).
 _SAMPLER_KEYS_FROM_AGENT = ("discount", "subgoal_steps")
 
@@ -156,7 +155,7 @@ def _open_run_dir(run_dir: Path, replace: bool, resume: bool, config: TrainConfi
     """Rank 0: prepare the run directory; the checkpoint to resume from, checked against this run."""
     prepare_run_dir(run_dir, replace)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    data_record = {"path": dataset.source, "sha256": sha256_file(dataset.source)}
+    data_record = {"path": dataset.source, "sha256": dataset_sha256(dataset.source)}
     ckpt = None
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
