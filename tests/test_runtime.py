@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -78,6 +79,33 @@ def test_single_and_batched_calls_agree_and_are_deterministic(runtime: PolicyRun
     acts = runtime.act(obs, batch.subgoal)
     assert acts.action.shape == (5, 2) and acts.log_prob.shape == (5,)
     np.testing.assert_allclose(runtime.act(obs[2], batch.subgoal[2]).action, acts.action[2], atol=1e-6)
+
+
+def test_single_calls_return_their_own_arrays_also_from_concurrent_threads(runtime: PolicyRuntime) -> None:
+    """Single samples run through buffers bound at load: results are copies, and calls from several threads
+    (each level behind its lock) give what the batched call gives."""
+    rng = np.random.default_rng(2)
+    obs, goals = (rng.uniform(0, 20, (8, 2)).astype(np.float32) for _ in range(2))
+    batch = runtime.plan(obs, goals)
+    first = runtime.plan(obs[0], goals[0])
+    kept = first.subgoal.copy()
+    runtime.plan(obs[1], goals[1])
+    np.testing.assert_array_equal(first.subgoal, kept)
+    results: dict[int, list[np.ndarray]] = {}
+
+    def work(row: int) -> None:
+        results[row] = [runtime.plan(obs[row], goals[row]).subgoal for _ in range(50)]
+
+    threads = [threading.Thread(target=work, args=(row,)) for row in range(len(obs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    for row, subgoals in results.items():
+        for subgoal in subgoals:
+            np.testing.assert_allclose(subgoal, batch.subgoal[row], atol=1e-6)
+    assert len(results) == len(obs)
 
 
 def test_seeded_sampling_is_reproducible() -> None:
