@@ -1,11 +1,12 @@
 """NF-HIQL losses against a per-sample hand computation, the EMA updates, the learning-rate schedule and
-optimizers, and inference (value-guided subgoals included)."""
+optimizers, `compute_dtype: auto`, and inference (value-guided subgoals included)."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
+import nfhiql_core.algo.precision as precision
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent, TorchPolicy, lr_factor
 from nfhiql_core.algo.networks import length_normalize
 from nfhiql_core.errors import ConfigError
@@ -246,3 +247,41 @@ def test_value_guided_selection_refuses_rep_subgoals():
         TorchPolicy(agent, subgoal_candidates=3)(torch.randn(2, OBS).numpy(), torch.randn(2, OBS).numpy())
     with pytest.raises(ConfigError, match=">= 1"):
         TorchPolicy(agent, subgoal_candidates=0)
+
+
+@pytest.mark.parametrize("flags, native", [("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                                           ("fpu amx_tile amx_bf16", True)])
+def test_auto_compute_dtype_reads_the_cpus_bf16_flags(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    precision.cpu_bf16_flags.cache_clear()
+    try:
+        cpu = torch.device("cpu")
+        assert precision.bf16_native(cpu) is native
+        assert precision.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+        assert precision.autocast_dtype("bfloat16", cpu) == torch.bfloat16
+        assert precision.autocast_dtype("float32", cpu) is None
+        assert precision.bf16_capability(cpu).startswith("bf16 native (" if native else "bf16 not native (no ")
+        agent = tiny_agent("flow", compute_dtype="auto")
+        seen = []
+        real = agent.compute_losses
+
+        def record_autocast(batch):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return real(batch)
+
+        agent.compute_losses = record_autocast
+        agent.update(fixed_batch())
+        assert seen == [torch.bfloat16 if native else None]
+    finally:
+        precision.cpu_bf16_flags.cache_clear()
+
+
+def test_auto_compute_dtype_without_cpuinfo_is_float32(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "missing")
+    precision.cpu_bf16_flags.cache_clear()
+    try:
+        assert precision.cpu_bf16_flags() == () and precision.autocast_dtype("auto", torch.device("cpu")) is None
+    finally:
+        precision.cpu_bf16_flags.cache_clear()

@@ -31,11 +31,12 @@ from torch import nn
 
 from nfhiql_core.algo.networks import ACTIVATIONS, GoalConditionedValue, GoalRepresentation, length_normalize
 from nfhiql_core.algo.policies import FlowPolicy, GaussianPolicy
+from nfhiql_core.algo.precision import AUTOCAST_DTYPES, autocast_dtype
 from nfhiql_core.errors import ConfigError
 
 POLICY_KINDS = ("flow", "gaussian")
 SUBGOAL_SPACES = ("rep", "state")
-COMPUTE_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+COMPUTE_DTYPES = (*AUTOCAST_DTYPES, "auto")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -77,7 +78,8 @@ class AgentConfig:
     flow_cond_activation: str = "gelu"  # relu | silu | gelu, the conditioning network's activation
     # bfloat16 runs the hidden layers of the value ensemble and φ in bf16 autocast during training
     # (output layers, policies, losses and optimizer stay float32): ~2.7x faster matmuls on CPUs
-    # with AVX512-BF16 and on GPUs.
+    # with AVX512-BF16 and on GPUs, ~30x slower elsewhere; auto: bfloat16 where the training device
+    # runs it natively (nfhiql_core/algo/precision.py), else float32.
     compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -86,7 +88,7 @@ class AgentConfig:
         if self.subgoal_space not in SUBGOAL_SPACES:
             raise ValueError(f"subgoal_space must be one of {SUBGOAL_SPACES}, got {self.subgoal_space!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 < self.discount < 1.0:
@@ -259,8 +261,9 @@ class HIQLAgent(nn.Module):
         the target value and, when on, of the policy copies. `forward` computes the losses in place of this
         module: its DistributedDataParallel wrapper, which averages the gradients over the ranks."""
         c = self.config
-        dtype = COMPUTE_DTYPES[c.compute_dtype]
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        device = self.device
+        dtype = autocast_dtype(c.compute_dtype, device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, info = (forward or self)(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

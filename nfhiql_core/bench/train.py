@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nfhiql_core.algo.agent import HIQLAgent
+from nfhiql_core.algo.precision import autocast_dtype, bf16_capability
 from nfhiql_core.data.dataset import Dataset, load_dataset
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
 from nfhiql_core.errors import DatasetError
@@ -71,9 +72,9 @@ def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, t
     dev = world.device(device)
     world.join(dev)
     try:
-        say(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()} × {world.size} "
-            f"process(es), {steps} timed steps after {warmup} warm-up")
-        say(f"{'recipe':<34} {'dtype':<9} {'policy':<9} {'procs':>5} {'batch':>5} {'actor/value MLP':>17} "
+        say(f"device {dev} ({bf16_capability(dev)}), torch {torch.__version__}, threads {torch.get_num_threads()} "
+            f"× {world.size} process(es), {steps} timed steps after {warmup} warm-up")
+        say(f"{'recipe':<34} {'dtype':<13} {'policy':<9} {'procs':>5} {'batch':>5} {'actor/value MLP':>17} "
             f"{'steps/s':>8} {'ms/step':>8} {'vs JAX HIQL':>11}")
         rows = []
         for path in config_paths:
@@ -83,14 +84,17 @@ def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, t
                 agent = dataclasses.replace(config.agent, policy=policy, compute_dtype=dtype)
                 cfg = dataclasses.replace(config, agent=agent)
                 seconds = time_updates(cfg, dataset, steps, warmup, dev, world)
-                row = {"recipe": Path(path).stem, "compute_dtype": dtype, "policy": policy, "processes": world.size,
+                ran = "float32" if autocast_dtype(dtype, dev) is None else "bfloat16"
+                row = {"recipe": Path(path).stem, "compute_dtype": dtype, "ran_as": ran, "policy": policy,
+                       "processes": world.size,
                        "batch_size": cfg.train.batch_size,
                        "actor_hidden_dims": list(cfg.agent.actor_hidden_dims),
                        "value_hidden_dims": list(cfg.agent.value_hidden_dims),
                        "steps_per_s": 1.0 / seconds, "dataset": dataset.source}
                 rows.append(row)
                 nets = f"{_dims(cfg.agent.actor_hidden_dims)}/{_dims(cfg.agent.value_hidden_dims)}"
-                say(f"{row['recipe']:<34} {dtype:<9} {policy:<9} {world.size:>5} {row['batch_size']:>5} {nets:>17} "
+                shown = dtype if dtype == ran else f"{dtype}→{ran}"
+                say(f"{row['recipe']:<34} {shown:<13} {policy:<9} {world.size:>5} {row['batch_size']:>5} {nets:>17} "
                     f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f} "
                     f"{row['steps_per_s'] / JAX_HIQL_FULL_SIZE_STEPS_PER_S:>10.2f}x")
         say(f"(vs JAX HIQL: ratio to {JAX_HIQL_FULL_SIZE_STEPS_PER_S} steps/s, OGBench's JAX HIQL at full size "
