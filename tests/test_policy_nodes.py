@@ -259,10 +259,14 @@ def step_lockstep(driver: Driver, obs: np.ndarray, timeout: float = 5.0) -> np.n
     return next(v for _, s, v in driver.commands if s == stamp)
 
 
-def test_bundle_has_ood_thresholds(bundle: Path) -> None:
-    ood = json.loads((bundle / "bundle.json").read_text())["ood_log_likelihood"]
+def test_bundle_has_ood_thresholds_and_the_data_range(bundle: Path) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    ood = meta["ood_log_likelihood"]
     assert ood["percentile"] == 1.0 and ood["samples"] == 10_000 and ood["dataset"].endswith("data.npz")
     assert np.isfinite(ood["high"]) and np.isfinite(ood["low"])
+    observations = np.load(meta["data_range"]["dataset"])["observations"]
+    np.testing.assert_array_equal(meta["data_range"]["low"], observations.min(axis=0))
+    np.testing.assert_array_equal(meta["data_range"]["high"], observations.max(axis=0))
 
 
 def test_lockstep_commands_equal_the_runtime_and_malformed_messages_are_dropped(ros, bundle, runtime) -> None:

@@ -168,6 +168,8 @@ BAD_BUNDLES = {
     "negative period": (lambda b: _edit_metadata(b, control_period_s=-0.1), "control_period_s must be"),
     "NaN OOD threshold": (lambda b: _edit_metadata(b, ood_log_likelihood={"high": float("nan"), "low": 0.0}),
                           "ood_log_likelihood needs finite"),
+    "inverted data range": (lambda b: _edit_metadata(b, data_range={"low": [1.0, 1.0], "high": [0.0, 2.0]}),
+                            "data_range needs lists 'low' <= 'high' of 2 finite numbers"),
     "interface of another robot": (lambda b: _edit_metadata(b, interface={**json.loads(
         (b / "bundle.json").read_text())["interface"], "rate_hz": 5.0}), "interface: rate_hz 5 is not the bundle's"),
     "obs_dim disagrees with the models": (_wrong_obs_dim, "model input 'observation' has shape ['batch', 2], but "

@@ -116,6 +116,9 @@ class BundleMetadata:
     training_config: dict[str, Any]
     ood_log_likelihood: dict[str, Any] | None = None  # None: exported without its dataset (no alarm)
     interface: dict[str, Any] | None = None  # the robot interface spec (nfhiql_core.interface); None: vectors only
+    # Per-value min/max of the training data's observations ({"low", "high", "dataset"}), what goals are
+    # checked against; None: exported without its dataset
+    data_range: dict[str, Any] | None = None
 
     def model(self, level: str) -> ModelInfo:
         """The ModelInfo of level 'high' or 'low'."""
@@ -224,6 +227,11 @@ def validate_metadata(meta: BundleMetadata, where: str) -> None:
     ood = meta.ood_log_likelihood
     if ood is not None and not all(_finite(ood.get(level)) for level in LEVELS):
         fail(f"ood_log_likelihood needs finite numbers 'high' and 'low', got {ood!r}")
+    rng = meta.data_range
+    if rng is not None and not (isinstance(rng, dict) and all(
+            isinstance(rng.get(k), list) and len(rng[k]) == meta.obs_dim and all(map(_finite, rng[k]))
+            for k in ("low", "high")) and all(lo <= hi for lo, hi in zip(rng["low"], rng["high"]))):
+        fail(f"data_range needs lists 'low' <= 'high' of {meta.obs_dim} finite numbers")
     if meta.interface is not None:
         try:
             spec = meta.interface_spec()

@@ -224,12 +224,12 @@ def ood_thresholds(models: dict[str, LevelSession], noise_dims: dict[str, int], 
     return {"high": float(np.percentile(high, percentile)), "low": float(np.percentile(low, percentile))}
 
 
-def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent: HIQLAgent,
-                  dataset: str | None) -> dict[str, Any] | None:
-    """`ood_log_likelihood` for bundle.json from the training data (`dataset`, else the recipe's).
-
-    None, with a warning, when the recipe's dataset is not available; an explicit `dataset` must load.
-    """
+def _dataset_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent: HIQLAgent,
+                      dataset: str | None) -> dict[str, Any]:
+    """bundle.json's `ood_log_likelihood` and `data_range` from the training data (`dataset`, else the
+    recipe's): both None, with a warning, when the recipe's dataset is not available; an explicit
+    `dataset` must load. `data_range` is the per-value min and max of the dataset's observations (what
+    a goal given to the robot is checked against)."""
     from nfhiql_core.training.train import TrainConfig  # the recipe's dataset and goal-sampler settings
 
     try:
@@ -238,15 +238,20 @@ def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent
     except NfhiqlError as exc:
         if dataset is not None:
             raise
-        log.warning("OOD thresholds not computed, the controller's OOD alarm will be off: %s", exc)
-        return None
+        log.warning("OOD thresholds and data range not computed (the controller's OOD alarm will be off, goals "
+                    "are not range-checked): %s", exc)
+        return {"ood_log_likelihood": None, "data_range": None}
     if data.obs_dim != agent.obs_dim:
         raise ExportError(f"{data.source}: dataset observations have dim {data.obs_dim}, "
                           f"the checkpoint {agent.obs_dim}")
     batch = HierarchicalGoalSampler(data, recipe.sampler_config()).sample(OOD_SAMPLES, np.random.default_rng(0))
     levels = ood_thresholds(models, {"high": agent.subgoal_dim, "low": agent.action_dim}, batch["observations"],
                             batch["high_actor_goals"])
-    return {**levels, "percentile": OOD_PERCENTILE, "samples": OOD_SAMPLES, "dataset": data.source}
+    observations = data.observations
+    return {"ood_log_likelihood": {**levels, "percentile": OOD_PERCENTILE, "samples": OOD_SAMPLES,
+                                   "dataset": data.source},
+            "data_range": {"low": observations.min(axis=0).astype(float).tolist(),
+                           "high": observations.max(axis=0).astype(float).tolist(), "dataset": data.source}}
 
 
 def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, env: str | None = None,
@@ -279,7 +284,7 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
         models, parity = _write_models(agent, tmp, opset, atol)
         sessions = {level: LevelSession(tmp / models[level].file, models[level], ["CPUExecutionProvider"])
                     for level in LEVELS}
-        desc["ood_log_likelihood"] = _ood_metadata(ckpt.config, sessions, agent, dataset)
+        desc.update(_dataset_metadata(ckpt.config, sessions, agent, dataset))
         metadata = _metadata(agent, ckpt.config, ckpt.step, Path(checkpoint), env_name, desc, models, parity, opset)
         save_json(tmp / "bundle.json", sealed(to_dict(metadata)))
         load_bundle(tmp)  # what a runtime will check, before publishing
