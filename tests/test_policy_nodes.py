@@ -497,20 +497,21 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
                                               for _, level, v in driver.status("flow_controller")))
 
 
-def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, caplog) -> None:
+def test_ood_thresholds_and_data_range_are_null_without_the_dataset(bundle, runtime, tmp_path, caplog) -> None:
     from nfhiql_core.config import to_dict
     from nfhiql_core.deploy.bundle import load_bundle
     from nfhiql_core.errors import DatasetError
-    from nfhiql_core.training.export import _ood_metadata
+    from nfhiql_core.training.export import _dataset_metadata
 
     missing = str(tmp_path / "missing.npz")
     config = to_dict(dataclasses.replace(recipe("flow", "rep"), dataset=DatasetConfig(path=missing)))
     agent = fitted_agent("flow", "rep")
     with caplog.at_level("WARNING"):
-        assert _ood_metadata(config, runtime.levels, agent, None) is None
+        assert _dataset_metadata(config, runtime.levels, agent, None) == {"ood_log_likelihood": None,
+                                                                          "data_range": None}
     assert "OOD alarm will be off" in caplog.text
     with pytest.raises(DatasetError):  # a dataset named explicitly must load
-        _ood_metadata(config, runtime.levels, agent, missing)
+        _dataset_metadata(config, runtime.levels, agent, missing)
     old = tmp_path / "old-bundle"  # a bundle exported without its dataset has no thresholds
     old.mkdir()
     for f in bundle.iterdir():
