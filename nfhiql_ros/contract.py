@@ -96,8 +96,11 @@ class PolicyParams:
     interface: str = param("", "'' = the vector contract (`observation` in; `command_output` out); 'bundle' = the "
                            "robot interface spec the bundle carries, or a spec file: the robot's own topics in, "
                            "its command topics out (nfhiql_core/interface/spec.py)")
-    topic_wait_s: float = param(10.0, "robot interface: how long to wait at start-up for every spec topic to appear "
+    topic_wait_s: float = param(10.0, "robot interface: how long configure waits for every spec topic to appear "
                                 "with its type before refusing to run", low=0.0, high=600.0)
+    autostart: bool = param(True, "bring the node to active by itself (configure, then activate); false = a managed "
+                            "node that waits unconfigured for lifecycle transitions (launch, nfhiql-bringup, "
+                            "`ros2 lifecycle set`)")
 
     def __post_init__(self) -> None:
         node = self.NODE

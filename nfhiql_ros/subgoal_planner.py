@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64
@@ -28,14 +27,13 @@ from nfhiql_core.deploy.runtime import NonFiniteOutputError
 from nfhiql_ros.contract import PlannerParams
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
-from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.managed import ManagedNode
 from nfhiql_ros.policy_common import (
-    TopicCheck,
-    TopicGated,
     load_runtime,
     observation_qos,
     replan_every,
     resolve_interface,
+    wait_for_topics,
 )
 from nfhiql_ros.robot_io import observation_topics, subscribe
 from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, vector_fields, vector_msg, vector_names
@@ -51,13 +49,14 @@ def observations_per_plan(params: PlannerParams, every: int, control_period_s: f
     return max(1, round(1.0 / (params.rate_hz * control_period_s)))
 
 
-class SubgoalPlanner(Node, TopicGated):
-    """High-level policy node: topics in, `PlannerCore` decisions, subgoals out."""
+class SubgoalPlanner(ManagedNode):
+    """High-level policy node: topics in, `PlannerCore` decisions, subgoals out (a managed node)."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
-        super().__init__("subgoal_planner", **with_command_line_overrides(node_kwargs))
-        self.params = declare_parameters(self, PlannerParams)
-        self.executor_name = self.params.executor
+        super().__init__("subgoal_planner", PlannerParams, **node_kwargs)
+
+    def configure(self) -> None:
+        """Load and verify the bundle, create the publishers and the goal input, check the robot's topics."""
         self.runtime = load_runtime(self, self.params)
         meta = self.runtime.metadata
         self.every = observations_per_plan(self.params, replan_every(self.params, self.runtime),
@@ -69,29 +68,35 @@ class SubgoalPlanner(Node, TopicGated):
         self.plan_s: list[float] = []
         self.all_plan_s: list[float] = []
         self.failures = 0
+        own = lambda entity: self.own(entity, "configured")  # noqa: E731
         # `goal` first: when a goal and the next observation are ready together, the goal is taken first.
-        self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
-        self.log_likelihood_pub = self.create_publisher(Float64, "subgoal/log_likelihood", STATE_QOS)
-        self.subgoal_pub = self.create_publisher(JointState, "subgoal", STATE_QOS)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
-        self.create_timer(self.params.diagnostics_period_s, self.publish_diagnostics)
+        own(self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS))
+        self.log_likelihood_pub = own(self.create_publisher(Float64, "subgoal/log_likelihood", STATE_QOS))
+        self.subgoal_pub = own(self.create_publisher(JointState, "subgoal", STATE_QOS))
+        self.diagnostics_pub = own(self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10)))
+        own(self.create_timer(self.params.diagnostics_period_s, self.publish_diagnostics))
         self.spec = resolve_interface(self.params, self.runtime)
         self.assembler = None
-        self.topic_check = None
-        if self.spec is None:
-            self.create_subscription(JointState, "observation", self.on_observation, observation_qos(self.params))
-        else:
+        if self.spec is not None:
             self.assembler = ObservationAssembler(self.spec, int(1e9 * self.params.max_clock_skew_s),
                                                   lockstep=self.params.trigger == "observation")
-            self.topic_check = TopicCheck(self, observation_topics(self.spec), {}, self.params.topic_wait_s,
-                                          self.start_interface)
+            wait_for_topics(self, observation_topics(self.spec), {}, self.params.topic_wait_s)
         self.get_logger().info(f"planning every {self.every} observations (trigger {self.params.trigger})")
 
-    def start_interface(self) -> None:
-        """The robot's topics are there: subscribe them (realtime: sample the assembly each control period)."""
-        subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(self.params))
+    def activate(self) -> None:
+        """Subscribe the observation (with an interface the robot's topics; realtime: sample the assembly
+        each control period)."""
+        qos = observation_qos(self.params)
+        if self.spec is None:
+            self.own(self.create_subscription(JointState, "observation", self.on_observation, qos), "active")
+            return
+        for sub in subscribe(self, observation_topics(self.spec), self.on_robot_message, qos):
+            self.own(sub, "active")
         if self.params.trigger == "timer":
-            self.create_timer(self.spec.period_ns / 1e9, self.on_sample)
+            self.own(self.create_timer(self.spec.period_ns / 1e9, self.on_sample), "active")
+
+    def deactivate(self) -> None:
+        """No more plans (the controller's subgoal timeout and its own deactivation stop the robot)."""
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -170,7 +175,7 @@ class SubgoalPlanner(Node, TopicGated):
         self.diagnostics_pub.publish(status_array(self.now_ns(), self.get_fully_qualified_name(), level, message,
                                                   values, self.params.bundle))
 
-    def on_shutdown(self) -> None:
+    def finish(self) -> None:
         self.publish_diagnostics()
         if self.params.report_file:
             save_json(self.params.report_file, self.summary())

@@ -530,11 +530,13 @@ def test_planner_rate_and_bad_parameters(bundle) -> None:
     assert observations_per_plan(PlannerParams(bundle="b"), 25, 0.1) == 25
     with pytest.raises(ValueError, match="replan_every instead"):
         observations_per_plan(PlannerParams(bundle="b", rate_hz=2.0), 25, None)
-    for args in (["-p", f"bundle:={bundle}", "-p", "trigger:=sometimes"], ["-p", "bundle:=/no/such/bundle"]):
+    # A bad parameter stops the node at start; a bad bundle fails its (autostarted) configure transition.
+    for args, said in ((["-p", f"bundle:={bundle}", "-p", "trigger:=sometimes"], "cannot start: ParameterError"),
+                       (["-p", "bundle:=/no/such/bundle"], "cannot configure: BundleError: /no/such/bundle")):
         env = {**os.environ, "ROS_DOMAIN_ID": str(next(DOMAINS)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         done = subprocess.run([sys.executable, "-m", "nfhiql_ros.flow_controller", "--ros-args", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=30, env=env)
-        assert done.returncode == 1 and "cannot start" in done.stderr and "Traceback" not in done.stderr
+        assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr
 
 
 def test_one_future_stamped_observation_does_not_freeze_the_controller(ros, bundle) -> None:
