@@ -179,6 +179,9 @@ class SimParams:
     start_delay_s: float = param(1.0, "wait this long (discovery) before the first episode (s)", low=0.0)
     min_observation_subscribers: int = param(1, "lockstep: also wait for this many `observation` subscribers",
                                              low=0)
+    wait_for_controller: bool = param(False, "realtime: wait, as lockstep does, for the state topics' subscribers and "
+                                      "a command publisher before the first episode (the stacks set it: no episode "
+                                      "runs before the managed controller is active)")
     command_timeout_s: float = param(0.5, "realtime: a command older than this means the zero action (s)",
                                      low=1e-6)
     record_path: str = param("", "npz trajectory log written on exit; '' = off")

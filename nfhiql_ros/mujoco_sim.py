@@ -167,7 +167,7 @@ class MujocoSim(Node):
     def _try_start(self) -> None:
         if self._now_ns() - self.t_created_ns < self.p.start_delay_s * 1e9:
             return
-        if self.lockstep and not self._controller_connected():
+        if (self.lockstep or self.p.wait_for_controller) and not self._controller_connected():
             self.get_logger().info(
                 f"waiting for a controller: >= {self.p.min_observation_subscribers} subscriber(s) on "
                 f"{self.obs_pub.topic_name} and a publisher on {self.cmd_sub.topic_name} or "
