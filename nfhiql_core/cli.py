@@ -117,7 +117,8 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps({"bundle": args.output, "env": meta.env, "step": meta.step, "policy": meta.policy,
                       "subgoal_space": meta.subgoal_space, "control_period_s": meta.control_period_s,
                       "parity_max_abs_diff": meta.parity.max_abs_diff,
-                      "interface": "none" if meta.interface is None else "embedded"}))
+                      "interface": "none" if meta.interface is None else "embedded",
+                      "value": "none" if meta.value is None else meta.value.file}))
 
 
 def _bundle_interface(args: argparse.Namespace) -> None:
