@@ -1,14 +1,16 @@
 """One goal being pursued: its success test, its progress from the value function, and how it ends.
 
 The planner node feeds every observation it plans on (`on_observation`): the steps since the goal
-started are counted, the spec's success test is checked each step, and every `progress_every` steps
-V(s, g) goes to the `ProgressMonitor` (stall, step budget, value threshold) whose report becomes the
-goal's feedback. Time is the robot's: steps × the control period, so a lockstep run and a realtime
-one judge progress alike. A stop of the controller (e-stop, workspace, sustained OOD) ends the goal
-as aborted with its reason; a held controller (enable off, deadman) pauses the stall clock.
+started are counted, the spec's success test is checked each step, and on the first step and every
+`progress_every` steps V(s, g) goes to the `ProgressMonitor` (stall, step budget, value threshold),
+whose report becomes the goal's feedback. Time is the robot's: steps × the control period, so a
+lockstep run and a realtime one judge progress alike. A stop of the controller (e-stop, workspace,
+sustained OOD) ends the goal as aborted with its reason; a held controller (enable off, deadman)
+pauses the stall clock.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -82,7 +84,8 @@ class GoalTracker:
         """Pursue `goal` from now (a step budget of the request replaces the configured one)."""
         config = self.progress_config
         if step_budget:
-            config = config.__class__(**{**config.__dict__, "step_budget": step_budget})
+            config = dataclasses.replace(config, step_budget=step_budget)
+        self.budget = config.step_budget
         self.goal, self.steps, self.held, self.last = np.asarray(goal, dtype=np.float64), 0, "", None
         self.monitor = ProgressMonitor(config, self.discount)
         self.monitor.start(0.0)
@@ -107,13 +110,15 @@ class GoalTracker:
             return None, None
         self.steps += 1
         reason = self.success.met(observation, self.goal)
-        due = self.steps % self.progress_every == 0 or reason is not None
+        due = (self.steps % self.progress_every == 0 or self.steps == 1 or reason is not None
+               or (self.budget is not None and self.steps >= self.budget))
         report = self.evaluate(observation) if due and not self.held else None
         if reason is not None:
             return self.feedback(), Outcome(SUCCEEDED, reason)
         if report is not None and report.verdict is not None:
             verdict = report.verdict
-            return self.feedback(), Outcome(SUCCEEDED if verdict == "value_reached" else ABORTED, report.reason)
+            return self.feedback(), Outcome(SUCCEEDED if verdict == "value_reached" else ABORTED,
+                                            f"{verdict.replace('_', ' ')}: {report.reason}")
         return (self.feedback() if due else None), None
 
     def hold(self, why: str) -> None:
