@@ -192,7 +192,9 @@ def plot_calibration(path: Path, traces: Sequence[Trace], discount: float, title
     scatter.plot([1, top], [1, top], "k--", lw=0.8, label="estimate = actual")
     scatter.set(xscale="log", yscale="log", xlabel="actual remaining steps", ylabel="estimated steps to go",
                 title="estimated vs actual (each observation)")
-    scatter.legend(fontsize=7, markerscale=2)
+    handles, labels = scatter.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i].startswith("failed"))  # successes, then the rest
+    scatter.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7, markerscale=2)
     over_time.plot([], [], color="C0", label="succeeded")
     over_time.plot([], [], color="C3", label="failed")
     over_time.set(yscale="log", xlabel="step of the episode", ylabel="estimated steps to go",
