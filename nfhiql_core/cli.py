@@ -1,5 +1,5 @@
-"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, train, eval, export, experiment, plot, modes,
-bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
+"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, train, eval, export, calibrate-progress,
+experiment, plot, modes, bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
 from __future__ import annotations
 
 import argparse
@@ -119,6 +119,20 @@ def _export(args: argparse.Namespace) -> None:
                       "parity_max_abs_diff": meta.parity.max_abs_diff,
                       "interface": "none" if meta.interface is None else "embedded",
                       "value": "none" if meta.value is None else meta.value.file}))
+
+
+def _calibrate_progress(args: argparse.Namespace) -> None:
+    from nfhiql_core.analysis.progress_calibration import calibrate_progress, format_report
+    from nfhiql_core.config import from_dict, load_yaml
+    from nfhiql_core.control.progress import ProgressConfig
+
+    config = from_dict(ProgressConfig, load_yaml(args.config), args.config) if args.config else ProgressConfig()
+    report = calibrate_progress(args.bundle, args.output, args.episodes, args.seed, args.stall_times, config,
+                                env=args.env, replan_every=args.replan_every, providers=args.providers,
+                                force=args.force, task_ids=args.tasks, num_envs=args.num_envs,
+                                max_steps=args.max_steps, progress=not args.quiet)
+    print(format_report(report))
+    print(f"wrote {Path(args.output) / report['figure']} and {Path(args.output) / 'calibration.json'}")
 
 
 def _bundle_interface(args: argparse.Namespace) -> None:
@@ -289,6 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", default=None, help="robot interface spec to embed (default: the training data's "
                    "bag2data spec, else the env's in config/robots/)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("calibrate-progress", help="value-estimated vs actual steps to the goal and the stall "
+                       "detector's alarm rates over a bundle's evaluation episodes (figure + JSON)")
+    p.add_argument("bundle", help="bundle directory with a value model (value.onnx)")
+    p.add_argument("--episodes", type=int, default=4, help="episodes per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="directory for calibration.png and calibration.json")
+    p.add_argument("--config", default=None, help="ProgressConfig YAML (default: its defaults)")
+    p.add_argument("--stall-times", type=float, nargs="+", default=None,
+                   help="stall_time_s values (seconds) to sweep (default: progress_calibration.STALL_TIMES_S)")
+    p.add_argument("--env", default=None, help="default: the bundle's env")
+    p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: all)")
+    p.add_argument("--num-envs", type=int, default=None, help="envs stepped in lockstep (default: episodes)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap episode length (a test knob, not the protocol)")
+    p.add_argument("--replan-every", type=int, default=1)
+    p.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_calibrate_progress)
 
     p = sub.add_parser("bundle", help="inspect or amend an exported bundle")
     verbs = p.add_subparsers(dest="verb", required=True)

@@ -13,9 +13,8 @@ from nfhiql_core.evaluation.protocol import EvalResult, evaluate
 
 
 @quiet_gymnasium()
-def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every: int = 1,
-                    **evaluate_kwargs: Any) -> EvalResult:
-    """`evaluate()` a bundle's policy (default env: the bundle's), re-planning every `replan_every` steps."""
+def bundle_env(runtime: PolicyRuntime, env: str | None = None) -> str:
+    """The env to evaluate a bundle on (default: the bundle's), checked to have the bundle's dimensions."""
     env_name = env or runtime.metadata.env
     if not env_name:
         raise BundleError(f"{runtime.bundle.path}: no env recorded in the bundle; pass --env")
@@ -26,7 +25,13 @@ def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every
                    action_dim=int(np.prod(probe.action_space.shape)))
     finally:
         probe.close()
-    return evaluate(BundlePolicy(runtime, replan_every), env_name, **evaluate_kwargs)
+    return env_name
+
+
+def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every: int = 1,
+                    **evaluate_kwargs: Any) -> EvalResult:
+    """`evaluate()` a bundle's policy (default env: the bundle's), re-planning every `replan_every` steps."""
+    return evaluate(BundlePolicy(runtime, replan_every), bundle_env(runtime, env), **evaluate_kwargs)
 
 
 @quiet_gymnasium()
