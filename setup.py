@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 PACKAGE = "nfhiql_ros"
 # What the ROS 2 nodes need: rclpy and the message packages, from PyPI's ROS 2 wheels.
 ROS = ["ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-std-msgs", "ros-sensor-msgs", "ros-geometry-msgs",
-       "ros-diagnostic-msgs", "ros-trajectory-msgs", "ros-std-srvs"]
+       "ros-diagnostic-msgs", "ros-trajectory-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-action-msgs"]
 
 setup(
     name=PACKAGE,

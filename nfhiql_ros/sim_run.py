@@ -155,7 +155,8 @@ class SimRun:
         self.deadlines = DeadlineCounter(period_s)
         self.period_s = period_s
         self.recorder = Recorder()
-        self.steps = self.ignored = self.rejected = 0
+        self.steps = self.ignored = self.rejected = self.after_episode = 0
+        self.goals: list[dict[str, Any]] = []  # goal_output action: each episode's goal outcome and estimate
         self.obs_stamp = 0  # the latest observation (lockstep: the one awaiting its command)
         self.episode_stamp = 0  # the current episode's first observation
         self.latest: Command | None = None  # realtime: the latest accepted command
@@ -189,7 +190,10 @@ class SimRun:
         """A valid command (`stamp`: the observation it answers, None when unstamped). Lockstep: the
         command to step with now, or None (ignored). Realtime: None; `latest` is updated."""
         if not self.in_episode:
-            self.ignored += 1
+            if stamp is not None and stamp == self.obs_stamp:
+                self.after_episode += 1  # answers the finished episode's last state (goal_output action)
+            else:
+                self.ignored += 1
             return None
         latency = math.nan if stamp is None else (now_ns - stamp) * 1e-9
         if self.lockstep:
@@ -234,6 +238,7 @@ class SimRun:
             "mean_success": mean_success(per_task),
             "steps": self.steps, "wall_s": round(wall_s, 3),
             "ignored_commands": self.ignored, "rejected_commands": self.rejected,
+            "after_episode_commands": self.after_episode, "goals": self.goals,
             "missed_deadlines": None if self.lockstep else self.deadlines.missed,
             "period_s": None if self.lockstep else self.period_s,
             "latency_ms_p50": pct(50), "latency_ms_p99": pct(99),
