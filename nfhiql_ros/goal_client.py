@@ -3,7 +3,8 @@
 `send(goal, on_started)` sends the goal observation and calls `on_started()` on the goal's first
 feedback (the planner has published it to the controller: the episode may begin); the first finite
 value-estimated steps to go is kept as the episode's estimate at the start. `finish(on_done)` ends
-the episode's goal: if it is still running (the env ended the episode first) it is canceled; then
+the episode's goal: if it has not ended within SETTLE_S of the episode's last state (the env ended
+the episode first, e.g. at its time limit) it is canceled; then
 `on_done(GoalRecord)` with the goal's outcome, reason and estimate. A goal that gets no answer
 within `timeout_s` is recorded as such and the run goes on.
 """
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from nfhiql_interfaces.action import ReachGoal
 from rclpy.action import ActionClient
 from rclpy.node import Node
 
+from nfhiql_interfaces.action import ReachGoal
+
+SETTLE_S = 1.0  # how long a goal may take to end on the episode's last state before it is canceled
 OUTCOMES = {ReachGoal.Result.OUTCOME_SUCCEEDED: "succeeded", ReachGoal.Result.OUTCOME_ABORTED: "aborted",
             ReachGoal.Result.OUTCOME_CANCELED: "canceled", ReachGoal.Result.OUTCOME_REJECTED: "rejected"}
 
@@ -58,9 +61,8 @@ class EpisodeGoals:
         self.on_done = on_done
         if self.result_future is not None and self.result_future.done():
             self._done()
-        elif self.handle is not None:
-            self.handle.cancel_goal_async()
-            self._arm(self._no_answer)
+        elif self.handle is not None:  # the planner may still be judging the last state: then cancel
+            self._arm(self._cancel, SETTLE_S)
         else:
             self._done()
 
@@ -103,6 +105,10 @@ class EpisodeGoals:
         if done is not None:
             done(self.record)
 
+    def _cancel(self) -> None:
+        self.handle.cancel_goal_async()
+        self._arm(self._no_answer)
+
     def _no_answer(self) -> None:
         self._disarm()
         self.node.get_logger().warning(f"reach_goal: no answer within {self.timeout_s:g} s")
@@ -111,9 +117,9 @@ class EpisodeGoals:
         elif self.on_done is not None:
             self._done()
 
-    def _arm(self, callback) -> None:
+    def _arm(self, callback, seconds: float | None = None) -> None:
         self._disarm()
-        self.timer = self.node.create_timer(self.timeout_s, callback)
+        self.timer = self.node.create_timer(self.timeout_s if seconds is None else seconds, callback)
 
     def _disarm(self) -> None:
         if self.timer is not None:

@@ -29,7 +29,7 @@ from nfhiql_core.control.safety import CommandFilter, OodAlarm, OodMonitor
 from nfhiql_core.control.supervisor import SafetySupervisor
 
 SUBGOALS_KEPT = 32
-NO_GOAL = "no goal: cancelled, reached or aborted"  # the detail of the `no_goal` safe command
+NO_GOAL = "the goal was withdrawn (reached, aborted or canceled)"  # the detail of the `no_goal` safe command
 ERROR_REASONS = ("no_observation", "stale_observation", "invalid_observation", "non_finite_output", "estop",
                  "workspace")  # the other safe reasons are WARN
 UNUSABLE_REASONS = {"missing": "no_observation", "stale": "stale_observation", "invalid": "invalid_observation"}
