@@ -159,6 +159,7 @@ class SimRun:
         self.goals: list[dict[str, Any]] = []  # goal_output action: each episode's goal outcome and estimate
         self.obs_stamp = 0  # the latest observation (lockstep: the one awaiting its command)
         self.episode_stamp = 0  # the current episode's first observation
+        self.terminal_stamp: int | None = None  # the last finished episode's last published state
         self.latest: Command | None = None  # realtime: the latest accepted command
         self.in_episode = False
         self.done = False
@@ -180,6 +181,7 @@ class SimRun:
 
     def finished(self, goal: np.ndarray, record: EpisodeRecord) -> None:
         self.in_episode = False
+        self.terminal_stamp = self.obs_stamp  # the last state published
         self.recorder.episode(goal, record)
 
     # --- commands
@@ -189,11 +191,11 @@ class SimRun:
     def accept(self, action: np.ndarray, stamp: int | None, now_ns: int) -> Command | None:
         """A valid command (`stamp`: the observation it answers, None when unstamped). Lockstep: the
         command to step with now, or None (ignored). Realtime: None; `latest` is updated."""
+        if stamp is not None and stamp == self.terminal_stamp:
+            self.after_episode += 1  # answers a finished episode's last state (goal_output action)
+            return None
         if not self.in_episode:
-            if stamp is not None and stamp == self.obs_stamp:
-                self.after_episode += 1  # answers the finished episode's last state (goal_output action)
-            else:
-                self.ignored += 1
+            self.ignored += 1
             return None
         latency = math.nan if stamp is None else (now_ns - stamp) * 1e-9
         if self.lockstep:
