@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from nfhiql_interfaces.action import ReachGoal
 from rclpy.action import ActionClient
 from rclpy.node import Node
-
-from nfhiql_interfaces.action import ReachGoal
 
 SETTLE_S = 1.0  # how long a goal may take to end on the episode's last state before it is canceled
 OUTCOMES = {ReachGoal.Result.OUTCOME_SUCCEEDED: "succeeded", ReachGoal.Result.OUTCOME_ABORTED: "aborted",
