@@ -25,7 +25,7 @@ def launch_nodes(context, stack_name: str):
     arguments = {a.name: LaunchConfiguration(a.name).perform(context) for a in stack.ARGUMENTS}
     overrides_dir = tempfile.mkdtemp(prefix="nfhiql_launch_")
     actions = []
-    activate = arguments["activate"].strip().lower() in ("true", "1", "yes", "on")
+    activate = stack.parse_bool("activate", arguments["activate"])
     for node in stack.plan(stack_name, arguments, base_dir=share):
         override_file = stack.write_override_file(node, overrides_dir)
         managed = node.name in stack.MANAGED

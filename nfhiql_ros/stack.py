@@ -195,7 +195,7 @@ def file_parameters(base: Path, spec: NodeSpec) -> dict[str, Any]:
 
 # ---- arguments → processes ---------------------------------------------------------------------
 
-def _parse_bool(name: str, value: str) -> bool:
+def parse_bool(name: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("true", "1", "yes", "on"):
         return True
@@ -264,7 +264,7 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
     base = Path(base_dir) if base_dir is not None else find_base_dir()
     here = Path(cwd) if cwd is not None else Path.cwd()
     spec = STACKS[stack]
-    with_sim = _parse_bool("sim", args["sim"])
+    with_sim = parse_bool("sim", args["sim"])
     nodes = {n.name: n for n in spec.nodes if with_sim or not n.sim_only}
     files = {name: file_parameters(base, n) for name, n in nodes.items()}
     policy_files = files["flow_controller"]
@@ -282,7 +282,7 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
         raise StackError(f"no bundle: set `bundle` in {spec.config} or pass the bundle argument")
     set_policy("bundle", bundle)
     set_policy("autostart", False)  # managed: configured and activated by the launcher (`activate`)
-    _parse_bool("activate", args["activate"])
+    parse_bool("activate", args["activate"])  # (validated here; the launcher reads it)
 
     # mode: the sim's stepping and the policy nodes' trigger always agree
     mode = args["mode"] or str(files.get("mujoco_sim", {}).get("mode") or "")

@@ -26,7 +26,7 @@ from nfhiql_core.control.goal_tracker import ABORTED, GoalTracker, Outcome, Succ
 from nfhiql_core.control.goals import GoalBook, data_range_from
 from nfhiql_core.control.intake import Rejected
 from nfhiql_core.control.planner import PlannerCore, PlanRequest
-from nfhiql_core.control.progress import ProgressConfig
+from nfhiql_core.control.progress import ProgressConfig, value_of_steps
 from nfhiql_core.deploy.runtime import NonFiniteOutputError
 from nfhiql_core.deploy.value_runtime import ValueRuntime
 from nfhiql_ros.contract import PlannerParams
@@ -115,7 +115,7 @@ class SubgoalPlanner(ManagedNode):
                                       "and no stall detection")
         period = meta.control_period_s or 1.0
         discount = value.discount if value is not None else 0.99
-        success_value = -(1 - discount ** p.success_steps) / (1 - discount) if p.success_steps else None
+        success_value = value_of_steps(p.success_steps, discount) if p.success_steps else None
         progress = ProgressConfig(p.stall_time_s, p.min_progress_steps, p.step_budget or None, success_value)
         tracker = GoalTracker(SuccessTest(spec), progress, discount, period,
                               max(1, round(p.progress_period_s / period)), value.value if value else None)

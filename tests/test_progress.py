@@ -7,7 +7,7 @@ import math
 import pytest
 
 from nfhiql_core.config import from_dict
-from nfhiql_core.control.progress import ProgressConfig, ProgressMonitor, steps_to_go
+from nfhiql_core.control.progress import ProgressConfig, ProgressMonitor, steps_to_go, value_of_steps
 from nfhiql_core.errors import ConfigError
 
 GAMMA = 0.99
@@ -135,3 +135,8 @@ def test_config_errors_name_the_file_and_field(field: str, value: float, message
     with pytest.raises(ConfigError) as e:
         from_dict(ProgressConfig, {field: value}, "progress.yaml")
     assert str(e.value).startswith("progress.yaml: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_value_of_steps_is_the_inverse_of_steps_to_go() -> None:
+    for n in (0.0, 1.0, 25.0, 137.5):
+        assert steps_to_go(value_of_steps(n, 0.99), 0.99) == pytest.approx(n, abs=1e-9)

@@ -49,9 +49,6 @@ class SuccessTest:
                 self.parts.append((f.label, slice(at, at + f.dim), f.affine()[0]))
             at += f.dim
 
-    def __bool__(self) -> bool:
-        return bool(self.parts)
-
     def distances(self, observation: np.ndarray, goal: np.ndarray) -> dict[str, float]:
         """Each field's raw Euclidean distance to the goal (the observation's scale undone)."""
         return {label: float(np.linalg.norm((observation[at] - goal[at]) / scale)) for label, at, scale in self.parts}

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 
+def value_of_steps(steps: float, discount: float) -> float:
+    """V = −(1 − γⁿ)/(1 − γ): the value `steps` steps from the goal (`steps_to_go` inverts it)."""
+    return -(1.0 - discount ** steps) / (1.0 - discount)
+
+
 def steps_to_go(value: float, discount: float) -> float:
     """The n with V = −(1 − γⁿ)/(1 − γ): 0 for V ≥ 0, inf for V ≤ −1/(1 − γ) (beyond the horizon)."""
     if not 0.0 < discount < 1.0:
