@@ -161,11 +161,11 @@ class SubgoalPlanner(ManagedNode):
         """A goal on the topic (a sim's, an operator's), not one this node published for an action goal."""
         if stamp_to_ns(msg.header.stamp) == self.own_goal_stamp:
             return
-        if not msg.position:
-            self.core.on_goal_cleared(stamp_to_ns(msg.header.stamp), self.now_ns())
-            return
         try:
-            self.core.on_goal(*vector_fields(msg), self.now_ns())
+            if msg.position:
+                self.core.on_goal(*vector_fields(msg), self.now_ns())
+            else:  # a withdrawal
+                self.core.on_goal_cleared(stamp_to_ns(msg.header.stamp), self.now_ns())
         except Rejected as exc:
             self.get_logger().warning(f"dropped a message: {exc}", throttle_duration_sec=1.0)
 

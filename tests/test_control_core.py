@@ -372,3 +372,16 @@ def test_a_withdrawn_goal_is_the_safe_command_at_once_and_until_a_new_goal(locks
     assert [c.reason for c in step(T0 + 2 * PERIOD)] == ["no_goal"]  # a fresh subgoal does not resume
     core.on_goal([1.0, 1.0], T0 + 2 * PERIOD + MS, (), T0 + 2 * PERIOD + MS)
     assert [c.reason for c in step(T0 + 3 * PERIOD)] == [None]
+
+
+def test_a_future_stamped_goal_withdrawal_is_refused_and_the_goal_stays() -> None:
+    planner = PlannerCore(2, 2, ("x", "y"), ("x", "y"), 1, False, 100 * MS)
+    planner.on_goal([1.0, 1.0], T0, (), T0)
+    with pytest.raises(Rejected):
+        planner.on_goal_cleared(T0 + 10**12, T0 + 1)
+    assert planner.goal is not None and planner.on_observation([0.0, 0.0], T0 + 2, (), T0 + 2) is not None
+    core = make()
+    core.on_goal([1.0, 1.0], T0, (), T0)
+    with pytest.raises(Rejected):
+        core.on_goal_cleared(T0 + 10**12, T0 + 1)
+    assert not core.cleared
