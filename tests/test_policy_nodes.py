@@ -658,3 +658,47 @@ def test_enable_deadman_and_estop_latch(ros, bundle) -> None:
     driver.spin(0.5, every=(PERIOD, renewed))
     assert not is_zero(driver.commands[-1][2])
     assert any(v["state"] == "estop" and v["estops"] == "1" for _, _, v in driver.status("flow_controller"))
+
+
+def test_lifecycle_no_command_before_activate_and_a_safe_command_on_deactivate(ros, bundle) -> None:
+    """Without autostart both nodes wait unconfigured: configured (inactive) they command nothing;
+    activated, policy commands; deactivated, the controller's safe command within 2 periods and no
+    policy command after it; activated again, policy commands again."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    driver, launch = ros
+    shared = common(bundle, replan_every=1, autostart=False)
+    launch("subgoal_planner", shared)
+    launch("flow_controller", {**shared, "trigger": "timer", "ood_alarm": False})
+    publish = stream(driver, np.array([15.0, 15.0]))
+
+    def change(node: str, transition: int) -> None:
+        client = driver.node.create_client(ChangeState, f"{driver.namespace}/{node}/change_state")
+        assert driver.spin(20.0, until=client.service_is_ready, every=(PERIOD, publish)), f"no {node}/change_state"
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        assert driver.spin(20.0, until=future.done, every=(PERIOD, publish)) and future.result().success, node
+        driver.node.destroy_client(client)
+
+    for node in ("subgoal_planner", "flow_controller"):
+        change(node, Transition.TRANSITION_CONFIGURE)
+    driver.spin(1.0, every=(PERIOD, publish))
+    assert driver.commands == [], "an inactive controller commanded"
+
+    for node in ("subgoal_planner", "flow_controller"):
+        change(node, Transition.TRANSITION_ACTIVATE)
+    assert driver.spin(10.0, until=lambda: any(not is_zero(v) for _, _, v in driver.commands),
+                       every=(PERIOD, publish)), "no policy command once active"
+
+    n = len(driver.commands)
+    asked = driver.now()
+    change("flow_controller", Transition.TRANSITION_DEACTIVATE)
+    driver.spin(1.0, every=(PERIOD, publish))
+    after = [(t, v) for t, _, v in driver.commands[n:] if t > asked]
+    first_safe = next(t for t, v in after if is_zero(v))
+    print(f"deactivate: safe command {(first_safe - asked) / 1e6:.1f} ms after the request")
+    assert (first_safe - asked) / 1e9 <= 2 * PERIOD + DDS_SLACK_S
+    assert all(is_zero(v) for t, v in after if t >= first_safe)
+
+    change("flow_controller", Transition.TRANSITION_ACTIVATE)
+    assert driver.spin(10.0, until=lambda: not is_zero(driver.commands[-1][2]), every=(PERIOD, publish))
