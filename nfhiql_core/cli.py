@@ -90,10 +90,23 @@ def _eval_bundle(args: argparse.Namespace) -> None:
             raise NfhiqlError(f"{args.checkpoint}: --interface bundle: the bundle carries no robot interface")
     else:
         interface = load_spec(args.interface) if args.interface else None
+    extra: dict[str, object] = {}
+    partial = None
+    if args.goal_fields:
+        from nfhiql_core.control.goals import GoalBook, data_range_from
+
+        meta = runtime.metadata
+        if meta.interface_spec() is None:
+            raise NfhiqlError(f"{args.checkpoint}: --goal-fields: the bundle carries no robot interface")
+        book = GoalBook(meta.goal_names, meta.interface_spec(), data_range_from(meta.data_range, meta.goal_dim),
+                        range_margin=args.goal_range_margin)
+        partial = (book, args.goal_fields)
+        extra = {"goal_fields": args.goal_fields, "goal_fill": meta.interface_spec().goal_fill}
     result = evaluate_bundle(runtime, args.env, args.replan_every, episodes_per_task=args.episodes, seed=args.seed,
                              num_envs=args.num_envs, video_path=args.video, progress=not args.quiet,
-                             interface=interface)
-    _report_eval(args, result, runtime.metadata.step, replan_every=args.replan_every, providers=runtime.providers)
+                             interface=interface, goal_fields=partial)
+    _report_eval(args, result, runtime.metadata.step, replan_every=args.replan_every, providers=runtime.providers,
+                 **extra)
 
 
 def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **extra: object) -> None:
@@ -290,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundles: fail unless this provider actually runs (repeatable)")
     p.add_argument("--interface", default=None, help="observe and act through a robot interface spec (YAML, or "
                    "'bundle' for the bundle's own), as the ROS stack does with mujoco_sim's robot mode")
+    p.add_argument("--goal-fields", nargs="+", default=None, metavar="FIELD",
+                   help="bundles: give each episode's goal as these robot interface fields only (e.g. cube_xyz "
+                        "cube_yaw), the rest filled by the spec's goal_fill rule, as an operator's partial goal")
+    p.add_argument("--goal-range-margin", type=float, default=0.1,
+                   help="with --goal-fields: the data-range margin a goal must be within (the planner's default)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_eval)
 

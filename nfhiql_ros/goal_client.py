@@ -1,8 +1,8 @@
 """mujoco_sim as an operator: each episode's goal sent through the planner's `reach_goal` action.
 
 `send(goal, on_started)` sends the goal observation and calls `on_started()` on the goal's first
-feedback (the planner has published it to the controller: the episode may begin); the first finite
-value-estimated steps to go is kept as the episode's estimate at the start. `finish(on_done)` ends
+feedback (the planner has published it to the controller: the episode may begin); every finite
+value-estimated steps to go of the feedback is kept, the first as the episode's estimate at the start. `finish(on_done)` ends
 the episode's goal: if it has not ended within SETTLE_S of the episode's last state (the env ended
 the episode first, e.g. at its time limit) it is canceled; then
 `on_done(GoalRecord)` with the goal's outcome, reason and estimate. A goal that gets no answer
@@ -11,7 +11,7 @@ within `timeout_s` is recorded as such and the run goes on.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -29,6 +29,7 @@ class GoalRecord:
     outcome: str = "no answer"
     reason: str = ""
     estimated_steps_at_start: float | None = None
+    estimates: list[float] = field(default_factory=list)  # the feedback's finite estimated steps, in order
     goal_steps: int = 0  # control steps the planner counted towards the goal
 
 
@@ -79,8 +80,10 @@ class EpisodeGoals:
 
     def _on_feedback(self, msg) -> None:
         feedback = msg.feedback
-        if self.record.estimated_steps_at_start is None and math.isfinite(feedback.estimated_steps):
-            self.record.estimated_steps_at_start = float(feedback.estimated_steps)
+        if math.isfinite(feedback.estimated_steps):
+            self.record.estimates.append(float(feedback.estimated_steps))
+            if self.record.estimated_steps_at_start is None:
+                self.record.estimated_steps_at_start = self.record.estimates[0]
         self._start()
 
     def _on_result(self, future) -> None:

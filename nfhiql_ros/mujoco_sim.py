@@ -370,7 +370,8 @@ class MujocoSim(Node):
         if goal is not None:
             estimate = goal.estimated_steps_at_start
             self.run.goals.append(dict(task_id=rec.task_id, episode=rec.episode, outcome=goal.outcome,
-                                       reason=goal.reason, estimated_steps_at_start=estimate, steps=rec.length))
+                                       reason=goal.reason, estimated_steps_at_start=estimate, steps=rec.length,
+                                       estimates=[round(e, 2) for e in goal.estimates]))
             values.update(goal_outcome=goal.outcome, goal_reason=goal.reason,
                           estimated_steps_at_start="none" if estimate is None else f"{estimate:.1f}")
             line += (f"; goal {goal.outcome} ({goal.reason}); value-estimated steps at the start "

@@ -470,6 +470,23 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
     assert np.array_equal(records[0]["actions"], records[1]["actions"])
 
 
+def test_cube_goal_through_reach_goal_succeeds_as_the_estimated_steps_fall(tmp_path, reaper) -> None:
+    """The manipulation stack sends task 2's goal through the planner's `reach_goal` action as an
+    operator would: it is accepted, its feedback's value-estimated steps to go fall as the arm
+    works, and it ends SUCCEEDED (the spec's success test: the cube within 4 cm) with the episode."""
+    report = _run(CUBE_BUNDLE, tmp_path, reaper, "--tasks", "2", "--episodes-per-task", "1", "--providers", "CPU",
+                  "--quiet", "--timeout", "120", stack_name="manipulation")
+    assert report["tasks"]["2"]["success"] == 1.0
+    goal = report["goals"]["episodes"][0]
+    estimates = goal["estimates"]
+    print(f"goal {goal['outcome']} ({goal['reason']}) after {goal['steps']} steps; estimated steps: {estimates}")
+    assert goal["outcome"] == "succeeded" and report["goals"]["outcomes"] == {"succeeded": 1}
+    assert len(estimates) >= 3 and goal["estimated_steps_at_start"] == pytest.approx(estimates[0], abs=0.01)
+    assert estimates[-1] < 0.5 * estimates[0]
+    falls = sum(b < a for a, b in zip(estimates, estimates[1:]))
+    assert falls >= 0.6 * (len(estimates) - 1), "the estimates did not mostly fall"
+
+
 def test_realtime_stack_keeps_the_controller_rate(bundle, tmp_path, reaper) -> None:
     """Realtime at 25 Hz (sim and controller period 0.04 s): the controller's achieved rate, from
     its /diagnostics windows in the bringup report, is at least 95 % of its target."""

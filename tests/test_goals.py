@@ -109,3 +109,40 @@ def test_teach_and_named_goals_from_a_file(tmp_path, cube_episode) -> None:
     path.write_text("goals:\n  bad: {fields: {cube_xyz: [0.5]}}\n")
     with pytest.raises(NfhiqlError, match=r"goals.yaml: goals.bad: field_values: too few values"):
         book.load_file(path)
+
+
+def test_field_values_read_a_goals_fields_as_a_request_gives_them(cube_episode) -> None:
+    """`field_values` undoes the fields' mapping (metres, one yaw for the quaternion), so requesting them
+    again resolves to the same cube part; `PartialGoalPolicy` uses it for each episode's first step."""
+    from nfhiql_core.evaluation.partial_goals import PartialGoalPolicy
+
+    observation, goal = cube_episode
+    book, names = cube_book(), CUBE_SPEC.observation_names
+    values = book.field_values(goal, ("cube_xyz", "cube_quat"))
+    np.testing.assert_allclose(values[:3], goal[[names.index(f"cube_xyz.{c}") for c in "xyz"]] / 10 + [0.425, 0, 0])
+    assert values[3] == pytest.approx(math.atan2(goal[names.index("cube_yaw.sin_yaw")],
+                                                 goal[names.index("cube_yaw.cos_yaw")]), abs=1e-5)
+    with pytest.raises(GoalRejected, match="'table' is not an observation field"):
+        book.field_values(goal, ("table",))
+
+    seen = []
+
+    class Policy:
+        def reset(self, env_indices):
+            pass
+
+        def __call__(self, observations, goals, env_indices):
+            seen.append(goals.copy())
+            return np.zeros((len(env_indices), 5))
+
+    partial = PartialGoalPolicy(Policy(), book, ("cube_xyz", "cube_yaw"))
+    moved = observation.copy()
+    moved[0] += 0.3  # the arm moves on: the goal's filled part stays what it was at the episode's start
+    for obs in (observation, moved):
+        partial(obs[None], goal[None], np.array([0]))
+    cube = [i for i, n in enumerate(names) if n.startswith(("cube_xyz", "cube_yaw"))]
+    np.testing.assert_allclose(seen[0][0, cube], goal[cube], atol=1e-6)
+    assert seen[0][0, 0] == observation[0] and np.array_equal(seen[0], seen[1])
+    partial.reset(np.array([0]))
+    partial(moved[None], goal[None], np.array([0]))
+    assert seen[2][0, 0] == moved[0]  # a new episode: filled from its own start

@@ -150,6 +150,29 @@ class GoalBook:
         goal = self._checked(goal, current if check_plausibility else None)
         return goal.copy()
 
+    def field_values(self, goal: np.ndarray, names: Sequence[str]) -> list[float]:
+        """The raw values of fields `names` in goal observation `goal`, as a request gives them (the
+        inverse of the fields' mapping: metres for a position, one yaw for a whole quaternion)."""
+        if self.spec is None:
+            raise GoalRejected("goal fields need a robot interface (this bundle has none)")
+        values: list[float] = []
+        for name in names:
+            if name not in self.fields:
+                raise GoalRejected(f"field {name!r} is not an observation field (fields: {', '.join(self.fields)})")
+            f, at = self.fields[name]
+            part = np.asarray(goal, dtype=np.float64)[at]
+            if f.derive:  # yaw, or cos/sin of it
+                values.append(float(part[0]) if f.derive == "yaw" else math.atan2(part[1], part[0]))
+                continue
+            raw = f.raw_values(part)
+            if takes_yaw(f):
+                q = dict(zip(f.names, raw.tolist()))
+                values.append(math.atan2(2 * (q["qw"] * q["qz"] + q["qx"] * q["qy"]),
+                                         1 - 2 * (q["qy"] ** 2 + q["qz"] ** 2)))
+            else:
+                values += raw.tolist()
+        return values
+
     def _from_fields(self, names: Sequence[str], values: Sequence[float], current: np.ndarray | None) -> np.ndarray:
         if self.spec is None:
             raise GoalRejected("goal fields need a robot interface (this bundle has none): give a full observation")

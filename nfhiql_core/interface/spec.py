@@ -228,11 +228,15 @@ class FieldSpec:
         a, b = np.sort(self.features(raw), axis=0)  # features is monotone per value (affine, clip)
         return {name: (float(lo), float(hi)) for name, lo, hi in zip(self.value_names, a, b)}
 
+    def raw_values(self, values: np.ndarray) -> np.ndarray:
+        """This field's values → its raw message values (the inverse affine map; not for derived fields)."""
+        scale, offset = self.affine()
+        return (values - offset) / scale + self._center()
+
     def raw_command(self, action: np.ndarray) -> np.ndarray:
         """Action components → the raw command values (the inverse affine map), within `limit`."""
-        scale, offset = self.affine()
         limit = self.limits()
-        return np.clip((action - offset) / scale + self._center(), -limit, limit)
+        return np.clip(self.raw_values(action), -limit, limit)
 
 
 class FeatureMap:
