@@ -5,10 +5,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test demo clean
 
-$(STAMP): setup.py constraints.txt
+INTERFACES := $(wildcard nfhiql_interfaces/*.txt nfhiql_interfaces/*.xml nfhiql_interfaces/*.sh \
+	nfhiql_interfaces/action/* nfhiql_interfaces/srv/*)
+
+$(STAMP): setup.py constraints.txt $(INTERFACES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[deploy,train,bags,dev]'
+	nfhiql_interfaces/install.sh $(VENV)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 PACKAGE = "nfhiql_ros"
 # What the ROS 2 nodes need: rclpy and the message packages, from PyPI's ROS 2 wheels.
 ROS = ["ros-rclpy", "ros-rmw-fastrtps-cpp", "ros-std-msgs", "ros-sensor-msgs", "ros-geometry-msgs",
-       "ros-diagnostic-msgs", "ros-trajectory-msgs", "ros-std-srvs"]
+       "ros-diagnostic-msgs", "ros-trajectory-msgs", "ros-std-srvs", "ros-lifecycle-msgs", "ros-action-msgs"]
 
 setup(
     name=PACKAGE,
@@ -44,7 +44,10 @@ setup(
         "train": ["torch>=2.4", "ogbench>=1.1", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
         # rosbag2 files to datasets (`nfhiql bag2data`) without ROS; `nfhiql record` needs deploy too.
         "bags": ["rosbags>=0.11"],
-        "dev": ["pytest>=8", "matplotlib>=3.7", "tensorboard>=2.14", "ruff==0.17.6", "import-linter==2.17"],
+        # Tests and plots; osrf-pycommon and lark are what the real `launch` (../shared/vendor/ros2_launch,
+        # not on PyPI) needs for tests/test_launch.py.
+        "dev": ["pytest>=8", "matplotlib>=3.7", "tensorboard>=2.14", "ruff==0.17.6", "import-linter==2.17",
+                "osrf-pycommon>=2", "lark>=1.1"],
     },
     zip_safe=True,
     maintainer="nfhiql developers",

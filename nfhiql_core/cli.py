@@ -1,5 +1,6 @@
-"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, dataset, train, eval, export, experiment, plot,
-modes, bench; `record` comes from nfhiql_ros through the `nfhiql.commands` entry points)."""
+"""`nfhiql` command line: one verb per job (datagen, expert, bag2data, dataset, train, eval, export,
+calibrate-progress, experiment, plot, modes, bench; `record` comes from nfhiql_ros through the
+`nfhiql.commands` entry points)."""
 from __future__ import annotations
 
 import argparse
@@ -126,10 +127,23 @@ def _eval_bundle(args: argparse.Namespace) -> None:
             raise NfhiqlError(f"{args.checkpoint}: --interface bundle: the bundle carries no robot interface")
     else:
         interface = load_spec(args.interface) if args.interface else None
+    extra: dict[str, object] = {}
+    partial = None
+    if args.goal_fields:
+        from nfhiql_core.control.goals import GoalBook, data_range_from
+
+        meta = runtime.metadata
+        if meta.interface_spec() is None:
+            raise NfhiqlError(f"{args.checkpoint}: --goal-fields: the bundle carries no robot interface")
+        book = GoalBook(meta.goal_names, meta.interface_spec(), data_range_from(meta.data_range, meta.goal_dim),
+                        range_margin=args.goal_range_margin)
+        partial = (book, args.goal_fields)
+        extra = {"goal_fields": args.goal_fields, "goal_fill": meta.interface_spec().goal_fill}
     result = evaluate_bundle(runtime, args.env, args.replan_every, episodes_per_task=args.episodes, seed=args.seed,
                              num_envs=args.num_envs, video_path=args.video, progress=not args.quiet,
-                             interface=interface)
-    _report_eval(args, result, runtime.metadata.step, replan_every=args.replan_every, providers=runtime.providers)
+                             interface=interface, goal_fields=partial)
+    _report_eval(args, result, runtime.metadata.step, replan_every=args.replan_every, providers=runtime.providers,
+                 **extra)
 
 
 def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **extra: object) -> None:
@@ -153,7 +167,22 @@ def _export(args: argparse.Namespace) -> None:
     print(json.dumps({"bundle": args.output, "env": meta.env, "step": meta.step, "policy": meta.policy,
                       "subgoal_space": meta.subgoal_space, "control_period_s": meta.control_period_s,
                       "parity_max_abs_diff": meta.parity.max_abs_diff,
-                      "interface": "none" if meta.interface is None else "embedded"}))
+                      "interface": "none" if meta.interface is None else "embedded",
+                      "value": "none" if meta.value is None else meta.value.file}))
+
+
+def _calibrate_progress(args: argparse.Namespace) -> None:
+    from nfhiql_core.analysis.progress_calibration import calibrate_progress, format_report
+    from nfhiql_core.config import from_dict, load_yaml
+    from nfhiql_core.control.progress import ProgressConfig
+
+    config = from_dict(ProgressConfig, load_yaml(args.config), args.config) if args.config else ProgressConfig()
+    report = calibrate_progress(args.bundle, args.output, args.episodes, args.seed, args.stall_times, config,
+                                env=args.env, replan_every=args.replan_every, providers=args.providers,
+                                force=args.force, task_ids=args.tasks, num_envs=args.num_envs,
+                                max_steps=args.max_steps, progress=not args.quiet)
+    print(format_report(report))
+    print(f"wrote {Path(args.output) / report['figure']} and {Path(args.output) / 'calibration.json'}")
 
 
 def _bundle_interface(args: argparse.Namespace) -> None:
@@ -328,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundles: fail unless this provider actually runs (repeatable)")
     p.add_argument("--interface", default=None, help="observe and act through a robot interface spec (YAML, or "
                    "'bundle' for the bundle's own), as the ROS stack does with mujoco_sim's robot mode")
+    p.add_argument("--goal-fields", nargs="+", default=None, metavar="FIELD",
+                   help="bundles: give each episode's goal as these robot interface fields only (e.g. cube_xyz "
+                        "cube_yaw), the rest filled by the spec's goal_fill rule, as an operator's partial goal")
+    p.add_argument("--goal-range-margin", type=float, default=0.1,
+                   help="with --goal-fields: the data-range margin a goal must be within (the planner's default)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_eval)
 
@@ -341,6 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", default=None, help="robot interface spec to embed (default: the training data's "
                    "bag2data spec, else the env's in config/robots/)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("calibrate-progress", help="value-estimated vs actual steps to the goal and the stall "
+                       "detector's alarm rates over a bundle's evaluation episodes (figure + JSON)")
+    p.add_argument("bundle", help="bundle directory with a value model (value.onnx)")
+    p.add_argument("--episodes", type=int, default=4, help="episodes per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="directory for calibration.png and calibration.json")
+    p.add_argument("--config", default=None, help="ProgressConfig YAML (default: its defaults)")
+    p.add_argument("--stall-times", type=float, nargs="+", default=None,
+                   help="stall_time_s values (seconds) to sweep (default: progress_calibration.STALL_TIMES_S)")
+    p.add_argument("--env", default=None, help="default: the bundle's env")
+    p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: all)")
+    p.add_argument("--num-envs", type=int, default=None, help="envs stepped in lockstep (default: episodes)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap episode length (a test knob, not the protocol)")
+    p.add_argument("--replan-every", type=int, default=1)
+    p.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"])
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_calibrate_progress)
 
     p = sub.add_parser("bundle", help="inspect or amend an exported bundle")
     verbs = p.add_subparsers(dest="verb", required=True)

@@ -47,6 +47,9 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
+        others = [option for option in options if option is not type(None)]
+        if len(others) == 1:  # X | None: X's own error (e.g. the missing key of a nested dataclass)
+            return _coerce(others[0], value, source, key)
         for option in options:
             if option is type(None):
                 continue

@@ -36,6 +36,7 @@ INTERFACES = ("robot", "vector")  # what the stack talks to the robot through (b
 SAFE_COMMANDS = ("zero", "hold")
 OOD_ACTIONS = ("warn", "safe_stop")
 EXECUTORS = ("single_threaded", "events")
+GOAL_OUTPUTS = ("topic", "action")  # how mujoco_sim gives each episode's goal
 
 
 # ---- node parameters
@@ -96,8 +97,11 @@ class PolicyParams:
     interface: str = param("", "'' = the vector contract (`observation` in; `command_output` out); 'bundle' = the "
                            "robot interface spec the bundle carries, or a spec file: the robot's own topics in, "
                            "its command topics out (nfhiql_core/interface/spec.py)")
-    topic_wait_s: float = param(10.0, "robot interface: how long to wait at start-up for every spec topic to appear "
+    topic_wait_s: float = param(10.0, "robot interface: how long configure waits for every spec topic to appear "
                                 "with its type before refusing to run", low=0.0, high=600.0)
+    autostart: bool = param(True, "bring the node to active by itself (configure, then activate); false = a managed "
+                            "node that waits unconfigured for lifecycle transitions (launch, nfhiql-bringup, "
+                            "`ros2 lifecycle set`)")
 
     def __post_init__(self) -> None:
         node = self.NODE
@@ -116,6 +120,24 @@ class PlannerParams(PolicyParams):
 
     rate_hz: float = param(0.0, "planner rate in Hz, realtime only: sets replan_every from the bundle's control "
                            "period; 0 = use replan_every", low=0.0, high=10_000.0)
+    goals_file: str = param("", "named goals (YAML: goals: {name: {observation: [...]} | {fields: {label: raw "
+                            "values}}}) an operator can send by name; '' = none (teach_goal adds more)")
+    goal_range_margin: float = param(0.1, "a goal value may lie this fraction of the training data's span outside "
+                                     "its range (the bundle's data_range) before the goal is rejected", low=0.0,
+                                     high=10.0)
+    goal_plausibility_margin: float = param(10.0, "a goal is rejected when the subgoal policy's log-likelihood of its "
+                                            "plan from the current observation falls more than this (nats) below the "
+                                            "bundle's high-level OOD threshold", low=0.0)
+    check_goal_plausibility: bool = param(True, "apply that log-likelihood test (it needs the bundle's OOD thresholds)")
+    progress_period_s: float = param(0.5, "feedback period of a goal, in robot time (control steps x period) (s)",
+                                     low=1e-3, high=3600.0)
+    stall_time_s: float = param(5.0, "a goal whose estimated steps to go have not fallen by min_progress_steps for "
+                                "this long is aborted as stalled (robot time, s)", low=1e-3, high=1e6)
+    min_progress_steps: float = param(5.0, "how far the estimated steps must fall to count as progress", low=1e-6)
+    step_budget: int = param(0, "control steps a goal may take before it is aborted; 0 = no budget (a request's "
+                             "step_budget overrides it)", low=0)
+    success_steps: float = param(0.0, "a goal also counts as reached when the value function's estimated steps to go "
+                                 "fall to this; 0 = only the robot interface's success test", low=0.0)
 
 
 @dataclass(frozen=True)
@@ -176,12 +198,22 @@ class SimParams:
     start_delay_s: float = param(1.0, "wait this long (discovery) before the first episode (s)", low=0.0)
     min_observation_subscribers: int = param(1, "lockstep: also wait for this many `observation` subscribers",
                                              low=0)
+    wait_for_controller: bool = param(False, "realtime: wait, as lockstep does, for the state topics' subscribers and "
+                                      "a command publisher before the first episode (the stacks set it: no episode "
+                                      "runs before the managed controller is active)")
     command_timeout_s: float = param(0.5, "realtime: a command older than this means the zero action (s)",
                                      low=1e-6)
     record_path: str = param("", "npz trajectory log written on exit; '' = off")
     report_file: str = param("", "JSON run report (episodes, success, steps, command counts, latency) written "
                              "on exit; '' = off")
     exit_when_done: bool = param(True, "shut down (exit code 0) after the last episode")
+    goal_output: str = param("topic", "how each episode's goal is given: topic (published on `goal`, latched) or "
+                             "action (sent to the planner's reach_goal action as an operator would: the episode "
+                             "starts on the goal's first feedback, its last state is published for the planner's "
+                             "success test, a goal still running when the env ends the episode is canceled)",
+                             choices=GOAL_OUTPUTS)
+    goal_timeout_s: float = param(5.0, "goal_output action: how long to wait for the planner's answers (s)",
+                                  low=0.01, high=600.0)
     video_path: str = param("", "render the first episode from the env's camera (headless EGL) to this .gif or "
                             ".mp4, written when the episode ends; '' = off")
     frame_id: str = param("world", "header.frame_id of every message the sim publishes")

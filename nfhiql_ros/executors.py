@@ -3,7 +3,7 @@
 rclpy's own signal handlers shut the context down on SIGINT, after which a node can no longer
 publish, so a controller could not send its last safe command. `run_node` therefore initialises
 rclpy without them, turns SIGINT/SIGTERM into a flag, spins with `spin_once(timeout)` and, once
-the flag is set (or a callback raised), calls the node's `on_shutdown()` while the context is still
+the flag is set (or a callback raised), calls the node's `on_exit()` while the context is still
 up, then destroys the node and shuts rclpy down: no KeyboardInterrupt, no traceback.
 
 The loop never calls `executor.shutdown()` from another thread and never lets a KeyboardInterrupt
@@ -32,7 +32,7 @@ class PolicyNode(Protocol):
 
     executor_name: str
 
-    def on_shutdown(self) -> None:
+    def on_exit(self) -> None:
         """Called once, before the node is destroyed, while the node can still publish."""
 
 
@@ -65,11 +65,13 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
             get_logger(name).fatal(f"cannot start: {type(exc).__name__}: {exc}")
             return 1
         executor.add_node(node)
+        if hasattr(node, "start"):  # a managed node with autostart configures and activates itself
+            node.start()
         try:  # a node may end its own run by setting `done` (e.g. a recorder's duration)
             while not stop.is_set() and rclpy.ok() and not getattr(node, "done", False):
                 executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
         finally:  # also after a callback raised: the safe command goes out first
-            node.on_shutdown()
+            node.on_exit()
         return getattr(node, "exit_status", 0)  # a node may fail its run (e.g. a recorder that got nothing)
     finally:
         if executor is not None and node is not None:

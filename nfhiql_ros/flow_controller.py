@@ -34,7 +34,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64, Float64MultiArray
+from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 
 from nfhiql_core.atomic_io import save_json
@@ -46,20 +46,21 @@ from nfhiql_core.control.supervisor import SafetySupervisor, workspace_from_spec
 from nfhiql_ros.contract import ControllerParams
 from nfhiql_ros.diagnostics import ERROR, OK, WARN, CadenceMonitor, run_summary, status_array
 from nfhiql_ros.executors import run_node
-from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.managed import ManagedNode
 from nfhiql_ros.policy_common import (
-    TopicCheck,
-    TopicGated,
     load_runtime,
     observation_qos,
     replan_every,
     resolve_interface,
+    wait_for_topics,
 )
 from nfhiql_ros.robot_io import InterfaceOutput, command_topics, observation_topics, subscribe
 from nfhiql_ros.ros_io import COMMAND_QOS, LATCHED_QOS, STATE_QOS, vector_fields, vector_msg
 
+SAFETY_STATE_TOPIC = "safety_state"  # std_msgs/String, latched: the controller's state on each change
+
 ACK_TIMEOUT_S = 1.0  # how long shutdown waits for the last safe command to be acknowledged
-QUIET_STATES = ("ok", "starting", "idle", "shutdown")  # not a warning
+QUIET_STATES = ("ok", "starting", "idle", "shutdown", "no_goal", "inactive")  # not a warning
 
 
 class SimOutput:
@@ -85,13 +86,18 @@ class ForwardOutput:
         self.publisher.publish(Float64MultiArray(data=[float(v) for v in command]))
 
 
-class FlowController(Node, TopicGated):
-    """Low-level policy node: topics in, `ControllerCore` decisions, commands out."""
+class FlowController(ManagedNode):
+    """Low-level policy node: topics in, `ControllerCore` decisions, commands out (a managed node)."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
-        super().__init__("flow_controller", **with_command_line_overrides(node_kwargs))
-        p = self.params = declare_parameters(self, ControllerParams)
-        self.executor_name = p.executor
+        super().__init__("flow_controller", ControllerParams, **node_kwargs)
+        self.goal_msg: JointState | None = None  # the latest goal, replayed into a re-activation's core
+        self.deadline_timer = None
+        self.activations = 0
+
+    def configure(self) -> None:
+        """Load and verify the bundle, create the safety layer and the outputs, check the robot's topics."""
+        p = self.params
         self.runtime = load_runtime(self, p)
         meta = self.runtime.metadata
         self.period_s = p.control_period_s or meta.control_period_s
@@ -105,51 +111,55 @@ class FlowController(Node, TopicGated):
                              subgoal_wait=int(1e9 * p.subgoal_wait_s), max_skew=int(1e9 * p.max_clock_skew_s),
                              replan=self.every * period)
         self.ood_thresholds = self._ood_thresholds()
-        ood = (OodMonitor(self.ood_thresholds["low"], self.ood_thresholds["high"], p.ood_raise_after,
-                          p.ood_clear_after) if self.ood_thresholds else None)
         self._ood_sustained = False
         self.spec = resolve_interface(p, self.runtime)
         workspace = workspace_from_spec(meta.observation_names, self.spec.workspace_limits()) if self.spec else None
         self.supervisor = SafetySupervisor(p.require_enable, int(1e9 * p.enable_timeout_s), workspace)
-        self.core = ControllerCore(
+        self.assembler = None if self.spec is None else ObservationAssembler(
+            self.spec, self.timing.max_skew, lockstep=p.trigger == "observation")
+        self.output = self._make_output()
+        for publisher in self.output.publishers.values():
+            self.own(publisher, "configured")
+        self.monitor = CadenceMonitor(self.period_s)
+        self.reported_state = "inactive"
+        self._window_alarms = 0
+        self._last_dropped = 0
+
+        # Creation order is the order messages ready together are taken in: the goal before the next
+        # observation, a subgoal's log-likelihood (published first) before the subgoal itself.
+        own = lambda entity: self.own(entity, "configured")  # noqa: E731
+        own(self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS))
+        own(self.create_subscription(Float64, "subgoal/log_likelihood", self.on_subgoal_log_likelihood, STATE_QOS))
+        own(self.create_subscription(JointState, "subgoal", self.on_subgoal, STATE_QOS))
+        own(self.create_subscription(Bool, "enable", lambda msg: self.on_enable(msg.data), STATE_QOS))
+        own(self.create_subscription(Bool, "estop", lambda msg: self.on_estop(msg.data), STATE_QOS))
+        own(self.create_service(SetBool, "set_enable", self.on_set_enable))
+        own(self.create_service(Trigger, "reset_estop", self.on_reset_estop))
+        self.diagnostics_pub = own(self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10)))
+        self.state_pub = own(self.create_publisher(String, SAFETY_STATE_TOPIC, LATCHED_QOS))
+        self.core = self._make_core()
+        own(self.create_timer(p.diagnostics_period_s, self.publish_diagnostics))
+        if self.spec is not None:  # the robot's topics: no observation is taken before they are all there
+            wait_for_topics(self, observation_topics(self.spec), command_topics(self.spec), p.topic_wait_s)
+        t = self.timing
+        self.get_logger().info(
+            f"trigger {p.trigger}, period {self.period_s * 1e3:.1f} ms, replan every {self.every}, output "
+            f"{self.output_name}, timeouts observation {t.observation_timeout / 1e6:.0f} ms / subgoal "
+            f"{t.subgoal_timeout / 1e6:.0f} ms, clock skew {t.max_skew / 1e6:.0f} ms, safe command "
+            f"{p.safe_command}, OOD alarm {'off' if self.ood_thresholds is None else self.ood_thresholds}")
+        self.publish_state()
+
+    def _make_core(self) -> ControllerCore:
+        p, meta = self.params, self.runtime.metadata
+        ood = (OodMonitor(self.ood_thresholds["low"], self.ood_thresholds["high"], p.ood_raise_after,
+                          p.ood_clear_after) if self.ood_thresholds else None)
+        return ControllerCore(
             lambda obs, subgoal: self.runtime.act(obs, subgoal),
             (meta.obs_dim, meta.goal_dim, meta.subgoal_dim),
             Names(meta.observation_names, meta.goal_names, tuple(f"subgoal_{i}" for i in range(meta.subgoal_dim))),
             self.timing, CommandFilter(meta.action_low, meta.action_high, p.safe_command, p.max_delta_per_step),
             self.every, p.trigger == "observation", ood, p.ood_action == "safe_stop", time.perf_counter,
             self.supervisor)
-        self.assembler = None if self.spec is None else ObservationAssembler(
-            self.spec, self.timing.max_skew, lockstep=p.trigger == "observation")
-        self.output = self._make_output()
-        self.monitor = CadenceMonitor(self.period_s)
-        self.reported_state = "starting"
-        self._window_alarms = 0
-        self._last_dropped = 0
-        self.deadline_timer = None
-
-        # Creation order is the order messages ready together are taken in: the goal before the next
-        # observation, a subgoal's log-likelihood (published first) before the subgoal itself.
-        self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
-        self.create_subscription(Float64, "subgoal/log_likelihood", self.on_subgoal_log_likelihood, STATE_QOS)
-        self.create_subscription(JointState, "subgoal", self.on_subgoal, STATE_QOS)
-        self.create_subscription(Bool, "enable", lambda msg: self.on_enable(msg.data), STATE_QOS)
-        self.create_subscription(Bool, "estop", lambda msg: self.on_estop(msg.data), STATE_QOS)
-        self.create_service(SetBool, "set_enable", self.on_set_enable)
-        self.create_service(Trigger, "reset_estop", self.on_reset_estop)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
-        self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
-        self.topic_check = None
-        if self.spec is None:
-            self.start()
-        else:  # the robot's topics first: no observation is taken before they are all there
-            self.topic_check = TopicCheck(self, observation_topics(self.spec), command_topics(self.spec),
-                                          p.topic_wait_s, self.start)
-        t = self.timing
-        self.get_logger().info(
-            f"trigger {p.trigger}, period {self.period_s * 1e3:.1f} ms, replan every {self.every}, output "
-            f"{self.output_name}, timeouts observation {t.observation_timeout / 1e6:.0f} ms / subgoal "
-            f"{t.subgoal_timeout / 1e6:.0f} ms, clock skew {t.max_skew / 1e6:.0f} ms, safe command "
-            f"{p.safe_command}, OOD alarm {'off' if ood is None else self.ood_thresholds}")
 
     def _ood_thresholds(self) -> dict[str, float] | None:
         if not self.params.ood_alarm:
@@ -173,14 +183,30 @@ class FlowController(Node, TopicGated):
     def output_name(self) -> str:
         return "interface " + ", ".join(self.output.publishers) if self.spec is not None else self.params.command_output
 
-    def start(self) -> None:
-        """Take observations and run the control timer (with an interface: once its topics are there)."""
+    def activate(self) -> None:
+        """Take observations and run the control timer (a re-activation starts a fresh core with the
+        latest goal)."""
         p = self.params
+        if self.activations:
+            self.core = self._make_core()
+            if self.goal_msg is not None:
+                self.on_goal(self.goal_msg)
+        self.activations += 1
         if self.spec is None:
-            self.create_subscription(JointState, "observation", self.on_observation, observation_qos(p))
+            self.own(self.create_subscription(JointState, "observation", self.on_observation, observation_qos(p)),
+                     "active")
         else:
-            subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(p))
-        self.create_timer(self.period_s, self.on_tick)
+            for sub in subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(p)):
+                self.own(sub, "active")
+        self.own(self.create_timer(self.period_s, self.on_tick), "active")
+
+    def deactivate(self) -> None:
+        """The safe command, then nothing until activated again."""
+        self._cancel_deadline()
+        command = self.core.shutdown_command(self.now_ns(), "deactivated")
+        self.output.publish(command.values, command.stamp)
+        self.core.state, self.core.detail = "inactive", ""
+        self.report_state()
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
@@ -188,6 +214,11 @@ class FlowController(Node, TopicGated):
     # ---- topics → core → commands
 
     def on_goal(self, msg: JointState) -> None:
+        """A goal, or its withdrawal (a goal message without values: cancelled, reached or aborted)."""
+        self.goal_msg = msg
+        if not msg.position:
+            self._intake(lambda now: self.core.on_goal_cleared(header_stamp(msg) or now, now))
+            return
         self._intake(lambda now: self.core.on_goal(*vector_fields(msg), now) or [])
 
     def on_subgoal(self, msg: JointState) -> None:
@@ -209,6 +240,8 @@ class FlowController(Node, TopicGated):
 
     def _supervisor_changed(self) -> None:
         """A safe command at once if the supervisor now says stop; the deadman's deadline armed."""
+        if not self.active:
+            return
         self.send(self.core.on_supervisor_change(self.now_ns()))
         self.arm_deadline()
         self.report_state()
@@ -242,6 +275,12 @@ class FlowController(Node, TopicGated):
 
     def _intake(self, handle) -> None:
         now = self.now_ns()
+        if not self.active:  # configured, not commanding: messages keep the core's inputs current
+            try:
+                handle(now)
+            except Rejected:
+                pass
+            return
         try:
             commands = handle(now)
         except Rejected as exc:
@@ -274,6 +313,11 @@ class FlowController(Node, TopicGated):
             self.get_logger().warning(f"dropped an observation: {exc}", throttle_duration_sec=1.0)
             return []
 
+    def _cancel_deadline(self) -> None:
+        if self.deadline_timer is not None:
+            self.destroy_timer(self.deadline_timer)
+            self.deadline_timer = None
+
     def arm_deadline(self) -> None:
         """A one-shot timer for the next deadline of the core or the assembler (a lost stream is answered
         then, not at a tick)."""
@@ -282,10 +326,8 @@ class FlowController(Node, TopicGated):
             stream = self.assembler.next_deadline(self.now_ns())
             deadlines.append(None if stream is None else stream + 1)
         deadline = min((d for d in deadlines if d is not None), default=None)
-        if self.deadline_timer is not None:
-            self.destroy_timer(self.deadline_timer)
-            self.deadline_timer = None
-        if deadline is not None:
+        self._cancel_deadline()
+        if deadline is not None and self.active:
             delay = max(deadline - self.now_ns(), 0) / 1e9
             self.deadline_timer = self.create_timer(max(delay, 1e-4), self.on_deadline)
 
@@ -323,15 +365,21 @@ class FlowController(Node, TopicGated):
         if state == self.reported_state:
             return
         previous, self.reported_state = self.reported_state, state
+        self.publish_state()
         if state == "ok":
             self.get_logger().info(f"policy commands resumed (after {previous})")
-        elif state == "idle":
-            self.get_logger().info(f"idle: {detail}; safe command sent")
+        elif state in ("idle", "no_goal", "inactive"):
+            self.get_logger().info(state.replace("_", " ") + (f": {detail}" if detail else "") + "; safe command sent")
         else:
             self.get_logger().warning(f"safe command: {state.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
         self.publish_diagnostics()
 
     # ---- reporting
+
+    def publish_state(self) -> None:
+        """`safety_state`: 'state: detail' (latched), what the planner ends a goal on."""
+        detail = self.core.detail if self.configured and self.core.state == self.reported_state else ""
+        self.state_pub.publish(String(data=self.reported_state + (f": {detail}" if detail else "")))
 
     def summary(self) -> dict:
         """The run's figures (the report file and the final /diagnostics status)."""
@@ -387,7 +435,7 @@ class FlowController(Node, TopicGated):
         self.diagnostics_pub.publish(status_array(now, self.get_fully_qualified_name(), level, message, values,
                                                   self.params.bundle))
 
-    def on_shutdown(self) -> None:
+    def finish(self) -> None:
         """Safe command (acknowledged if possible), last diagnostics, run summary (log line and report file)."""
         command = self.core.shutdown_command(self.now_ns())
         self.output.publish(command.values, command.stamp)

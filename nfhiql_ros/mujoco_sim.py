@@ -36,7 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from nfhiql_core.atomic_io import save_json, save_npz
 from nfhiql_core.errors import ConfigError, NfhiqlError
-from nfhiql_core.evaluation.episodes import Episode, canonical_env_name, episode_seed, make_env
+from nfhiql_core.evaluation.episodes import Episode, EpisodeRecord, canonical_env_name, episode_seed, make_env
 from nfhiql_core.evaluation.names import component_names
 from nfhiql_core.evaluation.robot_model import GRIPPER_JOINT, RobotModel, fill_messages
 from nfhiql_core.evaluation.video import EpisodeFilm
@@ -53,6 +53,7 @@ from nfhiql_ros.contract import (
     SimParams,
 )
 from nfhiql_ros.diagnostics import OK, WARN, status_array
+from nfhiql_ros.goal_client import EpisodeGoals, GoalRecord
 from nfhiql_ros.params import declare_parameters, with_command_line_overrides
 from nfhiql_ros.sim_run import RobotCommands, SimClock, SimRun, Tracker, summary_line
 
@@ -130,6 +131,7 @@ class MujocoSim(Node):
             self.fwd_sub = self.create_subscription(
                 Float64MultiArray, SIM_FORWARD_TOPIC, self._on_forward_command, COMMAND_SUB_QOS)
 
+        self.goals = EpisodeGoals(self, self.p.goal_timeout_s) if self.p.goal_output == "action" else None
         self.film = EpisodeFilm(self.p.video_path) if self.p.video_path else None
         self.episode: Episode | None = None
         self.clock = SimClock(self.lockstep, self.period_s)
@@ -162,12 +164,13 @@ class MujocoSim(Node):
         or a state's messages could be lost before they match) and something publishes commands."""
         state_pubs = self.robot_pubs.values() if self.robot else [self.obs_pub]
         return (min(p.get_subscription_count() for p in state_pubs) >= self.p.min_observation_subscribers
-                and self.cmd_sub.get_publisher_count() + self.fwd_sub.get_publisher_count() > 0)
+                and self.cmd_sub.get_publisher_count() + self.fwd_sub.get_publisher_count() > 0
+                and (self.goals is None or self.goals.ready()))
 
     def _try_start(self) -> None:
         if self._now_ns() - self.t_created_ns < self.p.start_delay_s * 1e9:
             return
-        if self.lockstep and not self._controller_connected():
+        if (self.lockstep or self.p.wait_for_controller) and not self._controller_connected():
             self.get_logger().info(
                 f"waiting for a controller: >= {self.p.min_observation_subscribers} subscriber(s) on "
                 f"{self.obs_pub.topic_name} and a publisher on {self.cmd_sub.topic_name} or "
@@ -267,10 +270,16 @@ class MujocoSim(Node):
             self.film.shoot(self.env, ep.record.length, last=over)
         self.last_step_ns = now
         if over:
-            if not (self.robot and self.lockstep):  # no command is due for the terminal state: in lockstep
+            if self.goals is not None:  # the planner judges its goal on the last state too
+                self._publish_observation()
+            elif not (self.robot and self.lockstep):  # no command is due for the terminal state: in lockstep
                 self._publish_state(self._stamp())  # over robot topics the policy would answer it
-            self._finish_episode()
-            self._next_episode()
+            record = self._end_episode()
+            if self.goals is None:
+                self._report_episode(record, None)
+                self._next_episode()
+            else:
+                self.goals.finish(lambda goal: (self._report_episode(record, goal), self._next_episode()))
         else:
             self._publish_observation()
 
@@ -320,6 +329,9 @@ class MujocoSim(Node):
         self.episode = Episode(self.env, task_id, ep, episode_seed(self.p.seed, task_id, ep))
         if self.film is not None:
             self.film.shoot(self.env, 0)
+        if self.goals is not None:
+            self.goals.send(self.episode.goal, self._begin_episode)
+            return
         self.last_step_ns = self._now_ns()
         self.clock.start_episode()
         goal_stamp = self.clock.now(self._now_ns())
@@ -330,23 +342,42 @@ class MujocoSim(Node):
             self.get_logger().warning(f"goal not acknowledged by all subscribers within {GOAL_ACK_TIMEOUT_S} s")
         self._publish_observation(first_of_episode=True)
 
+    def _begin_episode(self) -> None:
+        """goal_output action: the planner has the goal (its first feedback came): the first observation."""
+        self.last_step_ns = self._now_ns()
+        self.clock.start_episode()
+        self._publish_observation(first_of_episode=True)
+
     def _publish_status(self, name: str, message: str, level: bytes, values: dict) -> None:
         self.status_pub.publish(status_array(self._now_ns(), name, level, message, values, self.env_name).status[0])
 
-    def _finish_episode(self) -> None:
+    def _end_episode(self) -> EpisodeRecord:
+        """The env ended the episode: record it (no command steps it any more)."""
         ep, self.episode = self.episode, None
         if self.film is not None:
             self.film.write()
             self.get_logger().info(f"wrote {self.film.path} ({len(self.film.frames)} frames of the first episode)")
             self.film = None
-        rec = ep.record
-        self.run.finished(ep.goal, rec)
+        self.run.finished(ep.goal, ep.record)
+        return ep.record
+
+    def _report_episode(self, rec: EpisodeRecord, goal: GoalRecord | None) -> None:
+        """The episode's status on `sim/episode` (with its goal's outcome and estimate) and a log line."""
         outcome = "success" if rec.success else "failure"
-        self._publish_status(EPISODE_STATUS, outcome, OK if rec.success else WARN, dict(
-            task_id=rec.task_id, episode=rec.episode, env_seed=rec.env_seed, success=str(rec.success).lower(),
-            length=rec.length))
-        self.get_logger().info(f"task {rec.task_id} episode {rec.episode}: {outcome} after {rec.length} steps "
-                               f"({len(self.run.recorder.records)}/{self.run.n_episodes})")
+        values = dict(task_id=rec.task_id, episode=rec.episode, env_seed=rec.env_seed, success=str(rec.success).lower(),
+                      length=rec.length)
+        line = f"task {rec.task_id} episode {rec.episode}: {outcome} after {rec.length} steps"
+        if goal is not None:
+            estimate = goal.estimated_steps_at_start
+            self.run.goals.append(dict(task_id=rec.task_id, episode=rec.episode, outcome=goal.outcome,
+                                       reason=goal.reason, estimated_steps_at_start=estimate, steps=rec.length,
+                                       estimates=[round(e, 2) for e in goal.estimates]))
+            values.update(goal_outcome=goal.outcome, goal_reason=goal.reason,
+                          estimated_steps_at_start="none" if estimate is None else f"{estimate:.1f}")
+            line += (f"; goal {goal.outcome} ({goal.reason}); value-estimated steps at the start "
+                     + ("none" if estimate is None else f"{estimate:.1f}") + f", actual {rec.length}")
+        self._publish_status(EPISODE_STATUS, outcome, OK if rec.success else WARN, values)
+        self.get_logger().info(f"{line} ({len(self.run.recorder.records)}/{self.run.n_episodes})")
 
     def _finish_all(self) -> None:
         """The end of the run: the summary status on `sim/episode` announces it to every node."""

@@ -1,9 +1,9 @@
 """What the two policy nodes share: loading the runtime, the observation QoS, the re-plan interval, the
-robot interface and its start-up topic check."""
+robot interface and its topic check at configure."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -12,6 +12,7 @@ from nfhiql_core.deploy.bundle import BundleError, check_interface
 from nfhiql_core.deploy.runtime import PolicyRuntime
 from nfhiql_core.interface.spec import InterfaceSpec, load_spec
 from nfhiql_ros.contract import PolicyParams
+from nfhiql_ros.managed import Refused
 from nfhiql_ros.robot_io import missing_topics
 from nfhiql_ros.ros_io import LOCKSTEP_QOS, SENSOR_QOS
 
@@ -65,40 +66,16 @@ def resolve_interface(params: PolicyParams, runtime: PolicyRuntime) -> Interface
     return spec
 
 
-class TopicCheck:
-    """Start-up: wait up to `topic_wait_s` for the robot's topics, then go on or refuse with one line."""
-
-    def __init__(self, node: Node, inputs: dict[str, str], outputs: dict[str, str], wait_s: float,
-                 on_ready: Callable[[], None]):
-        self.node, self.inputs, self.outputs, self.on_ready = node, inputs, outputs, on_ready
-        self.deadline = time.monotonic() + wait_s
-        self.timer = node.create_timer(TOPIC_POLL_S, self._poll)
-        self.refused = ""
-
-    def _poll(self) -> None:
-        problems = missing_topics(self.node, self.inputs, self.outputs)
-        if problems and time.monotonic() < self.deadline:
-            return
-        self.timer.cancel()
-        self.node.destroy_timer(self.timer)
-        if problems:
-            self.refused = "robot interface topics missing: " + "; ".join(problems)
-            self.node.get_logger().error(f"refusing to run: {self.refused}")
-            return
-        self.node.get_logger().info(f"robot interface: {len(self.inputs)} input and {len(self.outputs)} output "
-                                    "topic(s) present with their types")
-        self.on_ready()
-
-
-class TopicGated:
-    """A policy node whose run ends early, with exit status 1, when its `topic_check` refused."""
-
-    topic_check: TopicCheck | None
-
-    @property
-    def done(self) -> bool:
-        return self.topic_check is not None and bool(self.topic_check.refused)
-
-    @property
-    def exit_status(self) -> int:
-        return 1 if self.done else 0
+def wait_for_topics(node: Node, inputs: dict[str, str], outputs: dict[str, str], wait_s: float) -> None:
+    """Configure: wait up to `wait_s` for the robot's topics (publishers of `inputs`, subscribers of
+    `outputs`, with their types); `Refused` naming every one still missing."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        problems = missing_topics(node, inputs, outputs)
+        if not problems:
+            break
+        if time.monotonic() >= deadline:
+            raise Refused("refusing to run: robot interface topics missing: " + "; ".join(problems))
+        time.sleep(TOPIC_POLL_S)  # the graph is updated by discovery, not by spinning
+    node.get_logger().info(f"robot interface: {len(inputs)} input and {len(outputs)} output "
+                           "topic(s) present with their types")

@@ -151,7 +151,7 @@ class Recorder(Node):
         self.writer.write(connection, stamp, raw)
         self.counts[topic] += 1
 
-    def on_shutdown(self) -> None:
+    def on_exit(self) -> None:
         """Write what already arrived, close the bag and move it into place."""
         executor = self.executor
         if executor is not None:

@@ -155,9 +155,11 @@ class SimRun:
         self.deadlines = DeadlineCounter(period_s)
         self.period_s = period_s
         self.recorder = Recorder()
-        self.steps = self.ignored = self.rejected = 0
+        self.steps = self.ignored = self.rejected = self.after_episode = 0
+        self.goals: list[dict[str, Any]] = []  # goal_output action: each episode's goal outcome and estimate
         self.obs_stamp = 0  # the latest observation (lockstep: the one awaiting its command)
         self.episode_stamp = 0  # the current episode's first observation
+        self.terminal_stamp: int | None = None  # the last finished episode's last published state
         self.latest: Command | None = None  # realtime: the latest accepted command
         self.in_episode = False
         self.done = False
@@ -179,6 +181,7 @@ class SimRun:
 
     def finished(self, goal: np.ndarray, record: EpisodeRecord) -> None:
         self.in_episode = False
+        self.terminal_stamp = self.obs_stamp  # the last state published
         self.recorder.episode(goal, record)
 
     # --- commands
@@ -188,6 +191,9 @@ class SimRun:
     def accept(self, action: np.ndarray, stamp: int | None, now_ns: int) -> Command | None:
         """A valid command (`stamp`: the observation it answers, None when unstamped). Lockstep: the
         command to step with now, or None (ignored). Realtime: None; `latest` is updated."""
+        if stamp is not None and stamp == self.terminal_stamp:
+            self.after_episode += 1  # answers a finished episode's last state (goal_output action)
+            return None
         if not self.in_episode:
             self.ignored += 1
             return None
@@ -234,6 +240,7 @@ class SimRun:
             "mean_success": mean_success(per_task),
             "steps": self.steps, "wall_s": round(wall_s, 3),
             "ignored_commands": self.ignored, "rejected_commands": self.rejected,
+            "after_episode_commands": self.after_episode, "goals": self.goals,
             "missed_deadlines": None if self.lockstep else self.deadlines.missed,
             "period_s": None if self.lockstep else self.period_s,
             "latency_ms_p50": pct(50), "latency_ms_p99": pct(99),

@@ -98,7 +98,11 @@ ARGUMENTS: tuple[Argument, ...] = (
              "current directory); '' = the parameter file (default: off)"),
     Argument("video", "", "render the sim's first episode from its camera to this .gif/.mp4 (headless EGL; "
              "relative to the current directory); '' = off"),
+    Argument("activate", "true", "true: bring the managed planner and controller to active (configure, then "
+             "activate); false: configure them and leave them inactive for an operator (`ros2 lifecycle set "
+             "/flow_controller activate`)", ("true", "false")),
 )
+MANAGED = ("subgoal_planner", "flow_controller")  # lifecycle nodes: the launcher drives their transitions
 ARGUMENT_DEFAULTS: dict[str, str] = {a.name: a.default for a in ARGUMENTS}
 
 
@@ -191,7 +195,7 @@ def file_parameters(base: Path, spec: NodeSpec) -> dict[str, Any]:
 
 # ---- arguments → processes ---------------------------------------------------------------------
 
-def _parse_bool(name: str, value: str) -> bool:
+def parse_bool(name: str, value: str) -> bool:
     low = value.strip().lower()
     if low in ("true", "1", "yes", "on"):
         return True
@@ -260,15 +264,13 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
     base = Path(base_dir) if base_dir is not None else find_base_dir()
     here = Path(cwd) if cwd is not None else Path.cwd()
     spec = STACKS[stack]
-    with_sim = _parse_bool("sim", args["sim"])
+    with_sim = parse_bool("sim", args["sim"])
     nodes = {n.name: n for n in spec.nodes if with_sim or not n.sim_only}
     files = {name: file_parameters(base, n) for name, n in nodes.items()}
     policy_files = files["flow_controller"]
     over: dict[str, dict[str, Any]] = {name: {} for name in nodes}
-    policy = ("subgoal_planner", "flow_controller")
-
     def set_policy(key: str, value: Any) -> None:
-        for name in policy:
+        for name in MANAGED:
             over[name][key] = value
 
     # bundle: always passed, always absolute (the file's value resolved against the base directory)
@@ -279,6 +281,8 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
     else:
         raise StackError(f"no bundle: set `bundle` in {spec.config} or pass the bundle argument")
     set_policy("bundle", bundle)
+    set_policy("autostart", False)  # managed: configured and activated by the launcher (`activate`)
+    parse_bool("activate", args["activate"])  # (validated here; the launcher reads it)
 
     # mode: the sim's stepping and the policy nodes' trigger always agree
     mode = args["mode"] or str(files.get("mujoco_sim", {}).get("mode") or "")
@@ -331,6 +335,7 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
         remaps["mujoco_sim"] = ((SIM_FORWARD_TOPIC, f"{controller}/commands"),)
 
     if with_sim:
+        over["mujoco_sim"]["wait_for_controller"] = True  # realtime too: nothing runs before activation
         if args["tasks"]:
             over["mujoco_sim"]["tasks"] = _parse_tasks(args["tasks"])
         for key in ("episodes_per_task", "max_episode_steps", "seed"):

@@ -15,30 +15,39 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
+from rclpy.duration import Duration
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64
+from std_msgs.msg import Float64, String
 
 from nfhiql_core.atomic_io import save_json
 from nfhiql_core.control.assembly import Assembled, ObservationAssembler
+from nfhiql_core.control.goal_tracker import ABORTED, GoalTracker, Outcome, SuccessTest, stop_outcome
+from nfhiql_core.control.goals import GoalBook, data_range_from
 from nfhiql_core.control.intake import Rejected
 from nfhiql_core.control.planner import PlannerCore, PlanRequest
+from nfhiql_core.control.progress import ProgressConfig, value_of_steps
 from nfhiql_core.deploy.runtime import NonFiniteOutputError
+from nfhiql_core.deploy.value_runtime import ValueRuntime
 from nfhiql_ros.contract import PlannerParams
 from nfhiql_ros.diagnostics import OK, WARN, percentiles_ms, status_array
 from nfhiql_ros.executors import run_node
-from nfhiql_ros.params import declare_parameters, with_command_line_overrides
+from nfhiql_ros.goal_server import GoalServer
+from nfhiql_ros.managed import ManagedNode
 from nfhiql_ros.policy_common import (
-    TopicCheck,
-    TopicGated,
     load_runtime,
     observation_qos,
+    provider_names,
     replan_every,
     resolve_interface,
+    wait_for_topics,
 )
 from nfhiql_ros.robot_io import observation_topics, subscribe
-from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, vector_fields, vector_msg, vector_names
+from nfhiql_ros.ros_io import LATCHED_QOS, STATE_QOS, stamp_to_ns, vector_fields, vector_msg, vector_names
+
+STOPS = ("estop", "workspace", "ood", "inactive", "non_finite_output")  # controller states that end a goal
+HOLDS = ("disabled", "deadman")  # controller states that pause it
+GOAL_ACK_TIMEOUT_S = 1.0  # how long a new goal waits for the controller to acknowledge it
 
 
 def observations_per_plan(params: PlannerParams, every: int, control_period_s: float | None) -> int:
@@ -51,13 +60,14 @@ def observations_per_plan(params: PlannerParams, every: int, control_period_s: f
     return max(1, round(1.0 / (params.rate_hz * control_period_s)))
 
 
-class SubgoalPlanner(Node, TopicGated):
-    """High-level policy node: topics in, `PlannerCore` decisions, subgoals out."""
+class SubgoalPlanner(ManagedNode):
+    """High-level policy node: topics in, `PlannerCore` decisions, subgoals out (a managed node)."""
 
     def __init__(self, **node_kwargs) -> None:  # node_kwargs: rclpy Node's (context, cli_args, ...)
-        super().__init__("subgoal_planner", **with_command_line_overrides(node_kwargs))
-        self.params = declare_parameters(self, PlannerParams)
-        self.executor_name = self.params.executor
+        super().__init__("subgoal_planner", PlannerParams, **node_kwargs)
+
+    def configure(self) -> None:
+        """Load and verify the bundle, create the publishers and the goal input, check the robot's topics."""
         self.runtime = load_runtime(self, self.params)
         meta = self.runtime.metadata
         self.every = observations_per_plan(self.params, replan_every(self.params, self.runtime),
@@ -69,36 +79,93 @@ class SubgoalPlanner(Node, TopicGated):
         self.plan_s: list[float] = []
         self.all_plan_s: list[float] = []
         self.failures = 0
+        own = lambda entity: self.own(entity, "configured")  # noqa: E731
         # `goal` first: when a goal and the next observation are ready together, the goal is taken first.
-        self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS)
-        self.log_likelihood_pub = self.create_publisher(Float64, "subgoal/log_likelihood", STATE_QOS)
-        self.subgoal_pub = self.create_publisher(JointState, "subgoal", STATE_QOS)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
-        self.create_timer(self.params.diagnostics_period_s, self.publish_diagnostics)
+        own(self.create_subscription(JointState, "goal", self.on_goal, LATCHED_QOS))
+        self.log_likelihood_pub = own(self.create_publisher(Float64, "subgoal/log_likelihood", STATE_QOS))
+        self.subgoal_pub = own(self.create_publisher(JointState, "subgoal", STATE_QOS))
+        self.diagnostics_pub = own(self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10)))
+        own(self.create_timer(self.params.diagnostics_period_s, self.publish_diagnostics))
         self.spec = resolve_interface(self.params, self.runtime)
+        self.goal_pub = own(self.create_publisher(JointState, "goal", LATCHED_QOS))
+        self.own_goal_stamp = 0
+        self.goals = own(self.make_goal_server())
+        own(self.create_subscription(String, "safety_state", self.on_safety_state, LATCHED_QOS))
         self.assembler = None
-        self.topic_check = None
-        if self.spec is None:
-            self.create_subscription(JointState, "observation", self.on_observation, observation_qos(self.params))
-        else:
+        if self.spec is not None:
             self.assembler = ObservationAssembler(self.spec, int(1e9 * self.params.max_clock_skew_s),
                                                   lockstep=self.params.trigger == "observation")
-            self.topic_check = TopicCheck(self, observation_topics(self.spec), {}, self.params.topic_wait_s,
-                                          self.start_interface)
+            wait_for_topics(self, observation_topics(self.spec), {}, self.params.topic_wait_s)
         self.get_logger().info(f"planning every {self.every} observations (trigger {self.params.trigger})")
 
-    def start_interface(self) -> None:
-        """The robot's topics are there: subscribe them (realtime: sample the assembly each control period)."""
-        subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(self.params))
+    def make_goal_server(self) -> GoalServer:
+        """The goal book (data range, plausibility, named goals) and tracker (success test, value, progress)."""
+        p, meta = self.params, self.runtime.metadata
+        threshold = meta.ood_threshold("high")
+        plausible = p.check_goal_plausibility and threshold is not None
+        spec = self.spec or meta.interface_spec()  # goal fields and the success test, whatever the I/O path
+        book = GoalBook(meta.goal_names, spec, data_range_from(meta.data_range, meta.goal_dim),
+                        p.goal_range_margin, (lambda obs, goal: float(self.runtime.plan(obs, goal)[1])) if plausible
+                        else None, threshold - p.goal_plausibility_margin if plausible else None)
+        if p.goals_file:
+            book.load_file(p.goals_file)
+        value = ValueRuntime.from_bundle(p.bundle, provider_names(p.providers))
+        if value is None:
+            self.get_logger().warning("the bundle has no value model (value.onnx): goals get no progress estimate "
+                                      "and no stall detection")
+        period = meta.control_period_s or 1.0
+        discount = value.discount if value is not None else 0.99
+        success_value = value_of_steps(p.success_steps, discount) if p.success_steps else None
+        progress = ProgressConfig(p.stall_time_s, p.min_progress_steps, p.step_budget or None, success_value)
+        tracker = GoalTracker(SuccessTest(spec), progress, discount, period,
+                              max(1, round(p.progress_period_s / period)), value.value if value else None)
+        return GoalServer(self, book, tracker, self.publish_goal, lambda: self.core.latest, self.get_logger().info)
+
+    def publish_goal(self, goal: np.ndarray | None) -> None:
+        """The goal to the controller (and this node's core); None withdraws it (the controller stops)."""
+        stamp = self.own_goal_stamp = max(self.now_ns(), self.own_goal_stamp + 1)
+        if goal is None:
+            self.core.on_goal_cleared(stamp, stamp)
+            msg = vector_msg((), (), stamp)
+        else:
+            self.core.on_goal(goal, stamp, (), stamp)
+            msg = vector_msg(goal, self.runtime.metadata.goal_names, stamp)
+        self.goal_pub.publish(msg)
+        if not self.goal_pub.wait_for_all_acked(Duration(seconds=GOAL_ACK_TIMEOUT_S)):
+            self.get_logger().warning(f"goal not acknowledged by every subscriber within {GOAL_ACK_TIMEOUT_S} s")
+
+    def on_safety_state(self, msg: String) -> None:
+        state, _, detail = msg.data.partition(": ")
+        self.goals.on_controller(stop_outcome(state, detail, STOPS), state if state in HOLDS else "")
+
+    def activate(self) -> None:
+        """Subscribe the observation (with an interface the robot's topics; realtime: sample the assembly
+        each control period)."""
+        qos = observation_qos(self.params)
+        if self.spec is None:
+            self.own(self.create_subscription(JointState, "observation", self.on_observation, qos), "active")
+            return
+        for sub in subscribe(self, observation_topics(self.spec), self.on_robot_message, qos):
+            self.own(sub, "active")
         if self.params.trigger == "timer":
-            self.create_timer(self.spec.period_ns / 1e9, self.on_sample)
+            self.own(self.create_timer(self.spec.period_ns / 1e9, self.on_sample), "active")
+
+    def deactivate(self) -> None:
+        """No more plans; an active goal is aborted (its withdrawal stops the controller)."""
+        self.goals.end(Outcome(ABORTED, "the planner was deactivated"))
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
 
     def on_goal(self, msg: JointState) -> None:
+        """A goal on the topic (a sim's, an operator's), not one this node published for an action goal."""
+        if stamp_to_ns(msg.header.stamp) == self.own_goal_stamp:
+            return
         try:
-            self.core.on_goal(*vector_fields(msg), self.now_ns())
+            if msg.position:
+                self.core.on_goal(*vector_fields(msg), self.now_ns())
+            else:  # a withdrawal
+                self.core.on_goal_cleared(stamp_to_ns(msg.header.stamp), self.now_ns())
         except Rejected as exc:
             self.get_logger().warning(f"dropped a message: {exc}", throttle_duration_sec=1.0)
 
@@ -131,6 +198,8 @@ class SubgoalPlanner(Node, TopicGated):
             return
         if request is not None:
             self.plan(request)
+        if self.core.towards_goal:
+            self.goals.on_observation(self.core.latest)
 
     def plan(self, request: PlanRequest) -> None:
         start = time.perf_counter()
@@ -170,7 +239,8 @@ class SubgoalPlanner(Node, TopicGated):
         self.diagnostics_pub.publish(status_array(self.now_ns(), self.get_fully_qualified_name(), level, message,
                                                   values, self.params.bundle))
 
-    def on_shutdown(self) -> None:
+    def finish(self) -> None:
+        self.goals.end(Outcome(ABORTED, "the planner is shutting down"))
         self.publish_diagnostics()
         if self.params.report_file:
             save_json(self.params.report_file, self.summary())

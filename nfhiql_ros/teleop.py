@@ -150,7 +150,7 @@ class Teleop(Node):
             self.get_logger().info(f"sim done: {msg.message}; {self.episode + 1} episodes demonstrated")
             self.done = self.p.exit_when_done
 
-    def on_shutdown(self) -> None:
+    def on_exit(self) -> None:
         """Close the oracle's env (the sim holds no state of ours)."""
         self.env.close()
 

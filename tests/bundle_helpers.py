@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
 from nfhiql_core.algo.networks import length_normalize
+from nfhiql_core.deploy.bundle import sealed
 from nfhiql_core.training.checkpoint import save_checkpoint
 from nfhiql_core.training.export import export_bundle
 from nfhiql_core.training.train import DatasetConfig, TrainConfig
@@ -73,3 +75,10 @@ def exported(policy: str, space: str) -> tuple[Path, Path]:
 def bundle_copy(tmp_path: Path, policy: str = "flow", space: str = "rep") -> Path:
     """A private copy of an exported bundle, for tests that damage it."""
     return Path(shutil.copytree(exported(policy, space)[1], tmp_path / "bundle"))
+
+
+def edit_metadata(bundle: Path, reseal: bool = True, **changes) -> None:
+    """Change bundle.json's values; `reseal` updates its checksum (a deliberately made bad bundle)."""
+    path = bundle / "bundle.json"
+    data = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps(sealed(data) if reseal else data))

@@ -1,10 +1,11 @@
 """launch/*.launch.py ↔ nfhiql-bringup agreement, the stack description, and real bringup runs.
 
-`launch`/`launch_ros` are not installable here, so each launch file is executed against small stub
-modules that record what it builds (DeclareLaunchArgument, Node, ...), and its OpaqueFunction is run
-with launch arguments; the nodes it would start are compared with what bringup starts for the same
-options. Real runs use the navigation stack with a tiny test bundle (the manipulation stack with the
-shipped cube bundle for lockstep = in-process evaluation), an isolated ROS_DOMAIN_ID (150..229;
+Each launch file is executed against small stub modules that record what it builds
+(DeclareLaunchArgument, Node, LifecycleNode, ...), and its OpaqueFunction is run with launch arguments;
+the nodes it would start are compared with what bringup starts for the same options (a fast check of
+every argument; tests/test_launch.py runs the launch files with the real launch_ros). Real runs use
+the navigation stack with a tiny test bundle (the manipulation stack with the
+shipped cube bundle for lockstep = in-process evaluation), an isolated ROS_DOMAIN_ID (150..225;
 135..149 for the lockstep-equals-eval and realtime-rate runs; away from the 1..100 and 125..134 the
 other ROS tests draw from), localhost discovery, hard timeouts, and check by environment marker that
 no process of the run outlives it.
@@ -34,7 +35,7 @@ from nfhiql_ros.bringup import cli as bringup
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = {name: ROOT / "launch" / f"{name}.launch.py" for name in stack.STACKS}
-DOMAINS = iter(random.Random(os.getpid()).sample(range(150, 230), 80))
+DOMAINS = iter(random.Random(os.getpid()).sample(range(150, 226), 76))  # 226..229: test_launch
 RUN_DOMAINS = iter(random.Random(os.getpid()).sample(range(135, 150), 15))  # lockstep = eval, realtime rate
 CUBE_BUNDLE = ROOT / "bundles" / "cube-single-play"
 MARK = "NFHIQL_TEST_MARK"
@@ -60,16 +61,23 @@ def _stub_modules(share: Path) -> dict[str, types.ModuleType]:
 
     recorded = {n: type(n, (_Recorded,), {}) for n in (
         "LaunchDescription", "DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction",
-        "RegisterEventHandler", "OnProcessExit", "Shutdown", "Node")}
+        "RegisterEventHandler", "OnProcessExit", "OnProcessStart", "Shutdown", "Node", "LifecycleNode",
+        "OnStateTransition", "ChangeState")}
     return {
         "launch": module("launch", LaunchDescription=recorded["LaunchDescription"]),
         "launch.actions": module("launch.actions", **{n: recorded[n] for n in (
             "DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction", "RegisterEventHandler")}),
-        "launch.event_handlers": module("launch.event_handlers", OnProcessExit=recorded["OnProcessExit"]),
-        "launch.events": module("launch.events", Shutdown=recorded["Shutdown"]),
+        "launch.event_handlers": module("launch.event_handlers", OnProcessExit=recorded["OnProcessExit"],
+                                        OnProcessStart=recorded["OnProcessStart"]),
+        "launch.events": module("launch.events", Shutdown=recorded["Shutdown"], matches_action=lambda a: a),
         "launch.substitutions": module("launch.substitutions", LaunchConfiguration=_LaunchConfiguration),
         "launch_ros": module("launch_ros"),
-        "launch_ros.actions": module("launch_ros.actions", Node=recorded["Node"]),
+        "launch_ros.actions": module("launch_ros.actions", Node=recorded["Node"],
+                                     LifecycleNode=recorded["LifecycleNode"]),
+        "launch_ros.event_handlers": module("launch_ros.event_handlers",
+                                            OnStateTransition=recorded["OnStateTransition"]),
+        "launch_ros.events": module("launch_ros.events"),
+        "launch_ros.events.lifecycle": module("launch_ros.events.lifecycle", ChangeState=recorded["ChangeState"]),
         "ament_index_python": module("ament_index_python"),
         "ament_index_python.packages": module(
             "ament_index_python.packages",
@@ -125,8 +133,9 @@ def _normalized(executable, name, files, override_file_content, remappings, base
 def from_launch(mod, arguments: dict[str, str], share: Path) -> list[tuple]:
     _, actions = launched_nodes(mod, arguments)
     out = []
-    for node in (a for a in actions if type(a).__name__ == "Node"):
+    for node in (a for a in actions if type(a).__name__ in ("Node", "LifecycleNode")):
         kw = node.kwargs
+        assert (type(node).__name__ == "LifecycleNode") == (kw["name"] in stack.MANAGED)
         assert kw["package"] == stack.PACKAGE and kw["output"] == "screen"
         files = [f for f in kw["parameters"] if Path(f).is_relative_to(share)]
         overrides = [f for f in kw["parameters"] if not Path(f).is_relative_to(share)]
@@ -197,11 +206,18 @@ def test_launch_file_declares_the_stack_arguments_and_stops_with_the_sim(name, l
     declared, actions = launched_nodes(launch_file(name), {})
     assert [(d.args[0], d.kwargs["default_value"]) for d in declared] == [(a.name, a.default) for a in stack.ARGUMENTS]
     assert all(d.kwargs["description"] for d in declared)
-    handlers = [a for a in actions if type(a).__name__ == "RegisterEventHandler"]
-    assert len(handlers) == 1
-    on_exit = handlers[0].args[0]
+    handlers = [a.args[0] for a in actions if type(a).__name__ == "RegisterEventHandler"]
+    (on_exit,) = [h for h in handlers if type(h).__name__ == "OnProcessExit"]
     assert on_exit.kwargs["target_action"].kwargs["name"] == "mujoco_sim"
     assert any(type(a).__name__ == "EmitEvent" for a in on_exit.kwargs["on_exit"])
+    # each managed node: configured when its process starts, activated once configured
+    configure = {h.kwargs["target_action"].kwargs["name"] for h in handlers if type(h).__name__ == "OnProcessStart"}
+    activate = {h.kwargs["target_lifecycle_node"].kwargs["name"] for h in handlers
+                if type(h).__name__ == "OnStateTransition" and h.kwargs["goal_state"] == "inactive"}
+    assert configure == activate == set(stack.MANAGED)
+    _, actions = launched_nodes(launch_file(name), {"activate": "false"})
+    assert not [a for a in actions if type(a).__name__ == "RegisterEventHandler"
+                and type(a.args[0]).__name__ == "OnStateTransition"]
     # every bringup option is a launch argument and vice versa
     assert set(bringup.launch_arguments(bringup.parse_args([name]))) == {a.name for a in stack.ARGUMENTS}
 
@@ -220,12 +236,12 @@ def test_launch_file_source_uses_the_shared_description(name) -> None:
     shared = ast.parse((ROOT / stack.PACKAGE / "launch_stack.py").read_text())
     calls = [n for n in ast.walk(shared) if isinstance(n, ast.Call)]
     dotted = {ast.unparse(c.func) for c in calls}
-    assert {"stack.plan", "get_package_share_directory", "Node", "DeclareLaunchArgument"} <= dotted
+    assert {"stack.plan", "get_package_share_directory", "DeclareLaunchArgument"} <= dotted
     plan_call = next(c for c in calls if ast.unparse(c.func) == "stack.plan")
     assert ast.unparse(plan_call.args[0]) == "stack_name" and [k.arg for k in plan_call.keywords] == ["base_dir"]
     share_call = next(c for c in calls if ast.unparse(c.func) == "get_package_share_directory")
     assert ast.unparse(share_call.args[0]) == "stack.PACKAGE"
-    node_call = next(c for c in calls if ast.unparse(c.func) == "Node")
+    node_call = next(c for c in calls if ast.unparse(c.func) == "LifecycleNode if managed else Node")
     kwargs = {k.arg: ast.unparse(k.value) for k in node_call.keywords}
     assert kwargs["package"] == "stack.PACKAGE" and kwargs["executable"] == "node.executable"
     assert kwargs["name"] == "node.name" and "node.param_files" in kwargs["parameters"]
@@ -253,7 +269,7 @@ def test_plan_resolves_paths_and_rejects_inconsistent_arguments(tmp_path) -> Non
     nodes = {n.name: n for n in stack.plan("navigation", {"bundle": "b"}, base_dir=ROOT, cwd=tmp_path)}
     assert nodes["subgoal_planner"].overrides["bundle"] == str(tmp_path / "b")
     assert nodes["flow_controller"].overrides["trigger"] == "observation"  # lockstep ⇒ observation trigger
-    assert nodes["mujoco_sim"].overrides == {"mode": "lockstep", "robot_spec": ""}  # navigation: the vector contract
+    assert nodes["mujoco_sim"].overrides == {"mode": "lockstep", "robot_spec": "", "wait_for_controller": True}
     with pytest.raises(stack.StackError, match="vector interface"):  # robot commands come from the spec
         stack.plan("manipulation", {"command_output": "forward"}, base_dir=ROOT)
     # forward commands reach the sim on its forward-controller input
@@ -452,6 +468,23 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
         assert np.array_equal(rec["actions"], actions)
     assert np.array_equal(records[0]["observations"], records[1]["observations"])  # float64, as the env stepped
     assert np.array_equal(records[0]["actions"], records[1]["actions"])
+
+
+def test_cube_goal_through_reach_goal_succeeds_as_the_estimated_steps_fall(tmp_path, reaper) -> None:
+    """The manipulation stack sends task 2's goal through the planner's `reach_goal` action as an
+    operator would: it is accepted, its feedback's value-estimated steps to go fall as the arm
+    works, and it ends SUCCEEDED (the spec's success test: the cube within 4 cm) with the episode."""
+    report = _run(CUBE_BUNDLE, tmp_path, reaper, "--tasks", "2", "--episodes-per-task", "1", "--providers", "CPU",
+                  "--quiet", "--timeout", "120", stack_name="manipulation")
+    assert report["tasks"]["2"]["success"] == 1.0
+    goal = report["goals"]["episodes"][0]
+    estimates = goal["estimates"]
+    print(f"goal {goal['outcome']} ({goal['reason']}) after {goal['steps']} steps; estimated steps: {estimates}")
+    assert goal["outcome"] == "succeeded" and report["goals"]["outcomes"] == {"succeeded": 1}
+    assert len(estimates) >= 3 and goal["estimated_steps_at_start"] == pytest.approx(estimates[0], abs=0.01)
+    assert estimates[-1] < 0.5 * estimates[0]
+    falls = sum(b < a for a, b in zip(estimates, estimates[1:]))
+    assert falls >= 0.6 * (len(estimates) - 1), "the estimates did not mostly fall"
 
 
 def test_realtime_stack_keeps_the_controller_rate(bundle, tmp_path, reaper) -> None:

@@ -355,3 +355,33 @@ def test_an_observation_outside_the_workspace_is_a_stop_naming_it() -> None:
     assert stop.reason == "workspace" and stop.detail == "y = 1.5 outside [-1, 1]"
     with pytest.raises(ValueError, match="'z' is not an observation element"):
         _supervised(workspace={"z": (0.0, 1.0)})
+
+
+@pytest.mark.parametrize("lockstep", [False, True])
+def test_a_withdrawn_goal_is_the_safe_command_at_once_and_until_a_new_goal(lockstep: bool) -> None:
+    core = make(lockstep=lockstep)
+
+    def step(now: int) -> list:  # an observation and its subgoal; the timer's tick in realtime
+        out = feed(core, now)
+        return out if lockstep else out + core.on_tick(now)
+
+    core.on_goal([1.0, 1.0], T0, (), T0)
+    assert [c.reason for c in step(T0 + PERIOD)] == [None]
+    (safe,) = core.on_goal_cleared(T0 + PERIOD + MS, T0 + PERIOD + MS)
+    assert safe.reason == "no_goal" and np.array_equal(safe.values, [0.0, 0.0]) and core.state == "no_goal"
+    assert [c.reason for c in step(T0 + 2 * PERIOD)] == ["no_goal"]  # a fresh subgoal does not resume
+    core.on_goal([1.0, 1.0], T0 + 2 * PERIOD + MS, (), T0 + 2 * PERIOD + MS)
+    assert [c.reason for c in step(T0 + 3 * PERIOD)] == [None]
+
+
+def test_a_future_stamped_goal_withdrawal_is_refused_and_the_goal_stays() -> None:
+    planner = PlannerCore(2, 2, ("x", "y"), ("x", "y"), 1, False, 100 * MS)
+    planner.on_goal([1.0, 1.0], T0, (), T0)
+    with pytest.raises(Rejected):
+        planner.on_goal_cleared(T0 + 10**12, T0 + 1)
+    assert planner.goal is not None and planner.on_observation([0.0, 0.0], T0 + 2, (), T0 + 2) is not None
+    core = make()
+    core.on_goal([1.0, 1.0], T0, (), T0)
+    with pytest.raises(Rejected):
+        core.on_goal_cleared(T0 + 10**12, T0 + 1)
+    assert not core.cleared

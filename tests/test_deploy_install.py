@@ -33,17 +33,21 @@ COMMAND_TIMEOUT_S = 120.0  # start-up (bundle load) + discovery of two fresh pro
 
 
 def _install_key() -> str:
-    return hashlib.sha256((ROOT / "setup.py").read_bytes() + (ROOT / "constraints.txt").read_bytes()).hexdigest()
+    inputs = [ROOT / "setup.py", ROOT / "constraints.txt", *sorted((ROOT / "nfhiql_interfaces").rglob("*.*"))]
+    return hashlib.sha256(b"".join(p.read_bytes() for p in inputs)).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def deploy_python() -> Path:
-    """The deploy-only venv's interpreter, installed with `pip install -e '.[deploy]'`."""
+    """The deploy-only venv's interpreter, installed with `pip install -e '.[deploy]'` and the goal
+    interface package (`nfhiql_interfaces/install.sh`)."""
     python, stamp = VENV / "bin" / "python", VENV / ".installed"
     if not (python.exists() and stamp.exists() and stamp.read_text() == _install_key()):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=120)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
                         str(ROOT / "constraints.txt"), "-e", f"{ROOT}[deploy]"], check=True, cwd=ROOT,
+                       timeout=INSTALL_TIMEOUT_S)
+        subprocess.run([str(ROOT / "nfhiql_interfaces" / "install.sh"), str(VENV)], check=True, cwd=ROOT,
                        timeout=INSTALL_TIMEOUT_S)
         stamp.write_text(_install_key())
     return python

@@ -1,5 +1,5 @@
 """`export_bundle`: round-trip parity (EMA policies and the flow options included), metadata, single-file models,
-atomic publishing."""
+the value model, atomic publishing."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ from nfhiql_core.algo.agent import AgentConfig, HIQLAgent
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.deploy.bundle import FORMAT, load_bundle
 from nfhiql_core.deploy.runtime import PolicyRuntime
+from nfhiql_core.deploy.value_runtime import ValueRuntime
 from nfhiql_core.errors import OutputExistsError
 from nfhiql_core.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfhiql_core.training.export import ExportError, export_bundle
@@ -64,24 +65,50 @@ def test_metadata_complete(policy: str, space: str) -> None:
     assert meta.source_checkpoint.sha256 == sha256_file(checkpoint)
     assert meta.high.sha256 == sha256_file(bundle_dir / "high.onnx")
     assert meta.low.sha256 == sha256_file(bundle_dir / "low.onnx")
+    assert meta.value.sha256 == sha256_file(bundle_dir / "value.onnx")
+    assert (meta.value.discount, meta.value.reward_per_step, meta.value.reward_at_goal) == (0.99, -1.0, 0.0)
     assert meta.opset == export_module.OPSET and {"torch", "onnx", "onnxruntime", "nfhiql"} <= set(meta.versions)
     assert meta.parity.batch_sizes == (1, 7, 64)
-    assert set(meta.parity.max_abs_diff) == {"high.subgoal", "high.log_prob", "low.action", "low.log_prob"}
+    assert set(meta.parity.max_abs_diff) == {"high.subgoal", "high.log_prob", "low.action", "low.log_prob",
+                                             "value.value"}
     assert max(meta.parity.max_abs_diff.values()) <= 1e-5
     raw = json.loads((bundle_dir / "bundle.json").read_text())
     assert raw["source_checkpoint"]["path"] == checkpoint.name  # no machine's path in a bundle
+    assert raw["value"] == {"file": "value.onnx", "sha256": meta.value.sha256, "inputs": ["observation", "goal"],
+                            "outputs": ["value"], "discount": 0.99, "reward_per_step": -1.0, "reward_at_goal": 0.0}
+
+
+@pytest.mark.parametrize("policy,space", KINDS)
+def test_value_model_matches_the_agents_goal_value(policy: str, space: str) -> None:
+    """value.onnx through ValueRuntime vs HIQLAgent.goal_value (the mean of the online heads on φ(s, g)):
+    batch 1, 7, 64, and the batch-1 call."""
+    agent = fitted_agent(policy, space)
+    runtime = ValueRuntime.from_bundle(exported(policy, space)[1], ["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch in (1, 7, 64):
+        obs, goals = (rng.uniform(-2, 22, (batch, 2)).astype(np.float32) for _ in range(2))
+        expected = agent.goal_value(torch.from_numpy(obs), torch.from_numpy(goals)).numpy()
+        heads = agent.value(torch.from_numpy(obs), agent.goal_rep(torch.from_numpy(obs), torch.from_numpy(goals)))
+        assert heads.shape == (2, batch) and np.allclose(expected, heads.detach().mean(0).numpy())
+        np.testing.assert_allclose(runtime.values(obs, goals), expected, rtol=0, atol=1e-5)
+        assert runtime.value(obs[0], goals[0]) == pytest.approx(float(expected[0]), abs=1e-5)
+    assert runtime.discount == agent.config.discount
 
 
 def test_models_are_single_file_with_dynamic_batch() -> None:
     bundle_dir = exported("flow", "rep")[1]
-    assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "high.onnx", "low.onnx"]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == ["bundle.json", "high.onnx", "low.onnx", "value.onnx"]
     runtime = PolicyRuntime(bundle_dir, ["CPUExecutionProvider"])
-    for level, names in (("high", ["observation", "goal", "z"]), ("low", ["observation", "subgoal", "z"])):
-        model = onnx.load(str(bundle_dir / f"{level}.onnx"), load_external_data=False)
+    sessions = {**{level: runtime.levels[level].session for level in ("high", "low")},
+                "value": ValueRuntime.from_bundle(bundle_dir, ["CPUExecutionProvider"]).session}
+    for model_name, names in (("high", ["observation", "goal", "z"]), ("low", ["observation", "subgoal", "z"]),
+                              ("value", ["observation", "goal"])):
+        model = onnx.load(str(bundle_dir / f"{model_name}.onnx"), load_external_data=False)
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-        inputs = runtime.levels[level].session.get_inputs()
+        inputs = sessions[model_name].get_inputs()
         assert [i.name for i in inputs] == names
         assert all(isinstance(i.shape[0], str) for i in inputs)  # symbolic batch dimension
+    assert [o.shape for o in sessions["value"].get_outputs()] == [[inputs[0].shape[0]]]  # value: (batch,)
 
 
 def test_refuses_non_empty_output_unless_forced(tmp_path) -> None:
@@ -93,7 +120,7 @@ def test_refuses_non_empty_output_unless_forced(tmp_path) -> None:
         export_bundle(checkpoint, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     export_bundle(checkpoint, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "high.onnx", "low.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "high.onnx", "low.onnx", "value.onnx"]
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no temporary or old directories left
 
 
@@ -109,15 +136,39 @@ class _Shifted(nn.Module):
         return out + 1e-3, log_prob
 
 
-def test_failed_parity_check_writes_nothing(tmp_path, monkeypatch) -> None:
+class _ShiftedValue(_Shifted):
+    """The same bug in the value model (the exporter matches its two inputs to forward's arguments)."""
+
+    def forward(self, observation: torch.Tensor, goal: torch.Tensor):
+        return self.module(observation, goal) + 1e-3
+
+
+@pytest.mark.parametrize("model,output,shifted", [("low", "low.action", _Shifted),
+                                                  ("value", "value.value", _ShiftedValue)])
+def test_failed_parity_check_writes_nothing(tmp_path, monkeypatch, model: str, output: str, shifted: type) -> None:
     checkpoint = exported("gaussian", "state")[0]
     real = export_module.export_level
     monkeypatch.setattr(export_module, "export_level",
-                        lambda module, *args: real(_Shifted(module) if args[2] == "low" else module, *args))
+                        lambda module, *args: real(shifted(module) if args[2] == model else module, *args))
     with pytest.raises(ExportError) as e:
         export_bundle(checkpoint, tmp_path / "bundle")
-    assert "low.action" in str(e.value) and "\n" not in str(e.value)
+    assert output in str(e.value) and "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_without_the_step_penalty_exports_no_value_model(tmp_path, caplog) -> None:
+    """sampler.gc_negative: false trains V on 0 per step / 1 at the goal, which steps-to-go does not invert."""
+    agent_config = AgentConfig(actor_hidden_dims=(8,), value_hidden_dims=(8,), flow_hidden_dims=(8,),
+                               flow_encode_dim=4, flow_blocks=1, rep_dim=2)
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "positive.pt"
+    recipe = TrainConfig(run_dir="unused", dataset=DatasetConfig(path="unused.npz"), agent=agent_config,
+                         sampler={"gc_negative": False})
+    save_checkpoint(checkpoint, HIQLAgent(agent_config, 2, 2), recipe, 1, np.random.default_rng(0))
+    meta = export_bundle(checkpoint, tmp_path / "bundle", control_period_s=0.1)
+    assert meta.value is None and "gc_negative is false" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["bundle.json", "high.onnx", "low.onnx"]
+    assert ValueRuntime.from_bundle(tmp_path / "bundle", ["CPUExecutionProvider"]) is None
 
 
 def test_bad_checkpoint_is_one_line_error(tmp_path) -> None:

@@ -164,10 +164,11 @@ def test_parameter_files_and_overrides_load_into_the_node_dataclasses(name: str,
 
 def test_launch_files_use_no_other_runtime_imports() -> None:
     """Launch files (and the launch description they share) import only launch/launch_ros/
-    ament_index, the launch-free stack description and that shared description."""
+    ament_index (and lifecycle_msgs, for the managed nodes' transitions), the launch-free stack
+    description and that shared description."""
     import ast
 
-    allowed = {"launch", "launch_ros", "ament_index_python", "nfhiql_ros"}
+    allowed = {"launch", "launch_ros", "ament_index_python", "nfhiql_ros", "lifecycle_msgs"}
     for path in [*(ROOT / "launch").glob("*.launch.py"), ROOT / "nfhiql_ros" / "launch_stack.py"]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

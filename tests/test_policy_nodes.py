@@ -259,10 +259,14 @@ def step_lockstep(driver: Driver, obs: np.ndarray, timeout: float = 5.0) -> np.n
     return next(v for _, s, v in driver.commands if s == stamp)
 
 
-def test_bundle_has_ood_thresholds(bundle: Path) -> None:
-    ood = json.loads((bundle / "bundle.json").read_text())["ood_log_likelihood"]
+def test_bundle_has_ood_thresholds_and_the_data_range(bundle: Path) -> None:
+    meta = json.loads((bundle / "bundle.json").read_text())
+    ood = meta["ood_log_likelihood"]
     assert ood["percentile"] == 1.0 and ood["samples"] == 10_000 and ood["dataset"].endswith("data.npz")
     assert np.isfinite(ood["high"]) and np.isfinite(ood["low"])
+    observations = np.load(meta["data_range"]["dataset"])["observations"]
+    np.testing.assert_array_equal(meta["data_range"]["low"], observations.min(axis=0))
+    np.testing.assert_array_equal(meta["data_range"]["high"], observations.max(axis=0))
 
 
 def test_lockstep_commands_equal_the_runtime_and_malformed_messages_are_dropped(ros, bundle, runtime) -> None:
@@ -493,20 +497,21 @@ def test_ood_alarm_fires_on_a_crafted_out_of_distribution_observation(ros, bundl
                                               for _, level, v in driver.status("flow_controller")))
 
 
-def test_ood_thresholds_are_null_without_the_dataset(bundle, runtime, tmp_path, caplog) -> None:
+def test_ood_thresholds_and_data_range_are_null_without_the_dataset(bundle, runtime, tmp_path, caplog) -> None:
     from nfhiql_core.config import to_dict
     from nfhiql_core.deploy.bundle import load_bundle
     from nfhiql_core.errors import DatasetError
-    from nfhiql_core.training.export import _ood_metadata
+    from nfhiql_core.training.export import _dataset_metadata
 
     missing = str(tmp_path / "missing.npz")
     config = to_dict(dataclasses.replace(recipe("flow", "rep"), dataset=DatasetConfig(path=missing)))
     agent = fitted_agent("flow", "rep")
     with caplog.at_level("WARNING"):
-        assert _ood_metadata(config, runtime.levels, agent, None) is None
+        assert _dataset_metadata(config, runtime.levels, agent, None) == {"ood_log_likelihood": None,
+                                                                          "data_range": None}
     assert "OOD alarm will be off" in caplog.text
     with pytest.raises(DatasetError):  # a dataset named explicitly must load
-        _ood_metadata(config, runtime.levels, agent, missing)
+        _dataset_metadata(config, runtime.levels, agent, missing)
     old = tmp_path / "old-bundle"  # a bundle exported without its dataset has no thresholds
     old.mkdir()
     for f in bundle.iterdir():
@@ -525,11 +530,13 @@ def test_planner_rate_and_bad_parameters(bundle) -> None:
     assert observations_per_plan(PlannerParams(bundle="b"), 25, 0.1) == 25
     with pytest.raises(ValueError, match="replan_every instead"):
         observations_per_plan(PlannerParams(bundle="b", rate_hz=2.0), 25, None)
-    for args in (["-p", f"bundle:={bundle}", "-p", "trigger:=sometimes"], ["-p", "bundle:=/no/such/bundle"]):
+    # A bad parameter stops the node at start; a bad bundle fails its (autostarted) configure transition.
+    for args, said in ((["-p", f"bundle:={bundle}", "-p", "trigger:=sometimes"], "cannot start: ParameterError"),
+                       (["-p", "bundle:=/no/such/bundle"], "cannot configure: BundleError: /no/such/bundle")):
         env = {**os.environ, "ROS_DOMAIN_ID": str(next(DOMAINS)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
         done = subprocess.run([sys.executable, "-m", "nfhiql_ros.flow_controller", "--ros-args", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=30, env=env)
-        assert done.returncode == 1 and "cannot start" in done.stderr and "Traceback" not in done.stderr
+        assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr
 
 
 def test_one_future_stamped_observation_does_not_freeze_the_controller(ros, bundle) -> None:
@@ -651,3 +658,47 @@ def test_enable_deadman_and_estop_latch(ros, bundle) -> None:
     driver.spin(0.5, every=(PERIOD, renewed))
     assert not is_zero(driver.commands[-1][2])
     assert any(v["state"] == "estop" and v["estops"] == "1" for _, _, v in driver.status("flow_controller"))
+
+
+def test_lifecycle_no_command_before_activate_and_a_safe_command_on_deactivate(ros, bundle) -> None:
+    """Without autostart both nodes wait unconfigured: configured (inactive) they command nothing;
+    activated, policy commands; deactivated, the controller's safe command within 2 periods and no
+    policy command after it; activated again, policy commands again."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    driver, launch = ros
+    shared = common(bundle, replan_every=1, autostart=False)
+    launch("subgoal_planner", shared)
+    launch("flow_controller", {**shared, "trigger": "timer", "ood_alarm": False})
+    publish = stream(driver, np.array([15.0, 15.0]))
+
+    def change(node: str, transition: int) -> None:
+        client = driver.node.create_client(ChangeState, f"{driver.namespace}/{node}/change_state")
+        assert driver.spin(20.0, until=client.service_is_ready, every=(PERIOD, publish)), f"no {node}/change_state"
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        assert driver.spin(20.0, until=future.done, every=(PERIOD, publish)) and future.result().success, node
+        driver.node.destroy_client(client)
+
+    for node in ("subgoal_planner", "flow_controller"):
+        change(node, Transition.TRANSITION_CONFIGURE)
+    driver.spin(1.0, every=(PERIOD, publish))
+    assert driver.commands == [], "an inactive controller commanded"
+
+    for node in ("subgoal_planner", "flow_controller"):
+        change(node, Transition.TRANSITION_ACTIVATE)
+    assert driver.spin(10.0, until=lambda: any(not is_zero(v) for _, _, v in driver.commands),
+                       every=(PERIOD, publish)), "no policy command once active"
+
+    n = len(driver.commands)
+    asked = driver.now()
+    change("flow_controller", Transition.TRANSITION_DEACTIVATE)
+    driver.spin(1.0, every=(PERIOD, publish))
+    after = [(t, v) for t, _, v in driver.commands[n:] if t > asked]
+    first_safe = next(t for t, v in after if is_zero(v))
+    print(f"deactivate: safe command {(first_safe - asked) / 1e6:.1f} ms after the request")
+    assert (first_safe - asked) / 1e9 <= 2 * PERIOD + DDS_SLACK_S
+    assert all(is_zero(v) for t, v in after if t >= first_safe)
+
+    change("flow_controller", Transition.TRANSITION_ACTIVATE)
+    assert driver.spin(10.0, until=lambda: not is_zero(driver.commands[-1][2]), every=(PERIOD, publish))

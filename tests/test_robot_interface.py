@@ -4,6 +4,7 @@ twists and a gripper speed.
 
 - a stream that stops gets the safe command within 2 control periods of going stale, named on
   /diagnostics; a non-finite value in a used field is a safe command, in an unused joint it is not;
+- the tcp outside the spec's workspace is the safe command within 2 periods, named on /diagnostics;
 - a spec topic that is missing at start-up is a refusal naming it (exit status 1);
 - mujoco_sim's robot mode in realtime at 20 Hz with a 10 Hz tracker 50 ms late keeps >= 95 % of the
   controller's rate.
@@ -192,6 +193,21 @@ def test_a_stream_that_stops_is_a_safe_command_within_two_periods_naming_it(laun
         assert robot.twists[n + 2:] and all(is_zero(v) for _, v in robot.twists[n + 2:])
         assert any("arm_qd.elbow_joint is not finite" in d["message"] for _, d in robot.diagnostics)
         robot.spin(1.0)  # good messages again: policy commands resume
+        assert not is_zero(robot.twists[-1][1])
+
+        # The tcp outside the spec's workspace (x <= 0.65 m): the safe command within 2 periods, naming it.
+        def tcp_out(topic, msg):
+            if topic == "/tcp_pose_broadcaster/pose":
+                msg.pose.position.x = 0.9
+        n, out_at = len(robot.twists), robot.now()
+        robot.spin(0.5, edit=tcp_out)
+        first_safe = next(t for t, v in robot.twists[n:] if is_zero(v))
+        print(f"workspace: safe command {(first_safe - out_at) / 1e6:.1f} ms after the tcp left it")
+        assert (first_safe - out_at) / 1e9 <= 2 * PERIOD + DDS_SLACK_S
+        assert all(is_zero(v) for t, v in robot.twists[n:] if t >= first_safe)
+        stops = [d for _, d in robot.diagnostics if d.get("state") == "workspace"]
+        assert stops and "tcp_xyz.x" in stops[-1]["message"], robot.diagnostics[-1]
+        robot.spin(1.0)  # back inside: policy commands resume
         assert not is_zero(robot.twists[-1][1])
 
         # The tracker stops: stale 0.3 s (its max age) after its last message, safe within 2 periods.

@@ -10,13 +10,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from bundle_helpers import KINDS, MAZE, bundle_copy, exported, fitted_agent
+from bundle_helpers import KINDS, MAZE, bundle_copy, edit_metadata, exported, fitted_agent
 
 import nfhiql_core.deploy.runtime as runtime_module
 from nfhiql_core.algo.agent import TorchPolicy
 from nfhiql_core.bench.inference import bench_inference
 from nfhiql_core.checksums import sha256_file
-from nfhiql_core.deploy.bundle import BundleError, sealed
+from nfhiql_core.deploy.bundle import BundleError
 from nfhiql_core.deploy.runtime import BundlePolicy, InputShapeError, NonFiniteOutputError, PolicyRuntime, ProviderError
 from nfhiql_core.evaluation.bundle_eval import evaluate_bundle, replan_table
 from nfhiql_core.evaluation.protocol import evaluate
@@ -147,17 +147,10 @@ def test_input_shape_mismatch(runtime: PolicyRuntime) -> None:
         runtime.act(np.zeros((3, 2)), np.zeros((2, 2)))
 
 
-def _edit_metadata(bundle, reseal: bool = True, **changes) -> None:
-    """Change bundle.json's values; `reseal` updates its checksum (a deliberately made bad bundle)."""
-    path = bundle / "bundle.json"
-    data = {**json.loads(path.read_text()), **changes}
-    path.write_text(json.dumps(sealed(data) if reseal else data))
-
-
 def _set_element(bundle, field: str, index: int, value: float) -> None:
     values = json.loads((bundle / "bundle.json").read_text())[field]
     values[index] = value
-    _edit_metadata(bundle, **{field: values})
+    edit_metadata(bundle, **{field: values})
 
 
 def _wrong_obs_dim(bundle) -> None:
@@ -165,7 +158,7 @@ def _wrong_obs_dim(bundle) -> None:
     disagree with the ONNX models."""
     meta = json.loads((bundle / "bundle.json").read_text())
     dim = meta["obs_dim"] + 1
-    _edit_metadata(bundle, obs_dim=dim, goal_dim=dim, observation_names=[f"o{i}" for i in range(dim)],
+    edit_metadata(bundle, obs_dim=dim, goal_dim=dim, observation_names=[f"o{i}" for i in range(dim)],
                    goal_names=[f"g{i}" for i in range(dim)], interface=None)
 
 
@@ -174,7 +167,7 @@ def _corrupt_model(bundle) -> None:
     (bundle / "low.onnx").write_bytes(b"\x08\x07garbage")
     meta = json.loads((bundle / "bundle.json").read_text())
     meta["low"]["sha256"] = sha256_file(bundle / "low.onnx")
-    _edit_metadata(bundle, low=meta["low"])
+    edit_metadata(bundle, low=meta["low"])
 
 
 BAD_BUNDLES = {
@@ -182,21 +175,23 @@ BAD_BUNDLES = {
     "checksum mismatch": (lambda b: (b / "low.onnx").open("ab").write(b"\0"), "checksum mismatch"),
     "no metadata": (lambda b: (b / "bundle.json").unlink(), "not a policy bundle"),
     "bad json": (lambda b: (b / "bundle.json").write_text("{"), "not valid JSON"),
-    "future format": (lambda b: _edit_metadata(b, format="nfhiql-bundle/9"), "unsupported bundle format"),
-    "unsupported opset": (lambda b: _edit_metadata(b, opset=99), "unsupported ONNX opset 99"),
-    "missing field": (lambda b: _edit_metadata(b, obs_dim=None), "obs_dim"),
-    "names/dims disagree": (lambda b: _edit_metadata(b, action_names=["a"]), "action_names has 1 entries"),
+    "future format": (lambda b: edit_metadata(b, format="nfhiql-bundle/9"), "unsupported bundle format"),
+    "unsupported opset": (lambda b: edit_metadata(b, opset=99), "unsupported ONNX opset 99"),
+    "missing field": (lambda b: edit_metadata(b, obs_dim=None), "obs_dim"),
+    "names/dims disagree": (lambda b: edit_metadata(b, action_names=["a"]), "action_names has 1 entries"),
     "unloadable model": (_corrupt_model, "onnxruntime cannot load"),
-    "edited, not resealed": (lambda b: _edit_metadata(b, reseal=False, subgoal_steps=3), "metadata_sha256 mismatch"),
+    "edited, not resealed": (lambda b: edit_metadata(b, reseal=False, subgoal_steps=3), "metadata_sha256 mismatch"),
     "no metadata checksum": (lambda b: _drop_digest(b), "metadata_sha256 missing"),
     "NaN bound": (lambda b: _set_element(b, "action_low", 1, float("nan")), "action_low[1] is nan"),
     "infinite bound": (lambda b: _set_element(b, "action_high", 0, float("inf")), "action_high[0] is inf"),
     "inverted bounds": (lambda b: _set_element(b, "action_low", 0, 5.0), "action_low[0] = 5.0 exceeds action_high[0]"),
-    "zero subgoal_steps": (lambda b: _edit_metadata(b, subgoal_steps=0), "subgoal_steps must be >= 1, got 0"),
-    "negative period": (lambda b: _edit_metadata(b, control_period_s=-0.1), "control_period_s must be"),
-    "NaN OOD threshold": (lambda b: _edit_metadata(b, ood_log_likelihood={"high": float("nan"), "low": 0.0}),
+    "zero subgoal_steps": (lambda b: edit_metadata(b, subgoal_steps=0), "subgoal_steps must be >= 1, got 0"),
+    "negative period": (lambda b: edit_metadata(b, control_period_s=-0.1), "control_period_s must be"),
+    "NaN OOD threshold": (lambda b: edit_metadata(b, ood_log_likelihood={"high": float("nan"), "low": 0.0}),
                           "ood_log_likelihood needs finite"),
-    "interface of another robot": (lambda b: _edit_metadata(b, interface={**json.loads(
+    "inverted data range": (lambda b: edit_metadata(b, data_range={"low": [1.0, 1.0], "high": [0.0, 2.0]}),
+                            "data_range needs lists 'low' <= 'high' of 2 finite numbers"),
+    "interface of another robot": (lambda b: edit_metadata(b, interface={**json.loads(
         (b / "bundle.json").read_text())["interface"], "rate_hz": 5.0}), "interface: rate_hz 5 is not the bundle's"),
     "obs_dim disagrees with the models": (_wrong_obs_dim, "model input 'observation' has shape ['batch', 2], but "
                                           "bundle.json's dims say (batch, 3)"),

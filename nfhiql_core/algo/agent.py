@@ -310,15 +310,20 @@ class HIQLAgent(nn.Module):
     @torch.no_grad()
     def select_subgoal(self, observations: torch.Tensor, goals: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Value-guided planning: of the subgoals planned from the noises z (candidates, B, subgoal_dim), per
-        row the one with the highest V(subgoal, goal) (mean over the value heads). State subgoals only."""
+        row the one with the highest `goal_value(subgoal, goal)`. State subgoals only."""
         if self.config.subgoal_space != "state":
             raise ConfigError("subgoal candidates > 1 need agent.subgoal_space: state (V cannot score a rep-space "
                               f"subgoal), got {self.config.subgoal_space!r}")
         candidates, n, _ = z.shape
         goals = goals.repeat(candidates, 1)
         subgoals, _ = self.plan(observations.repeat(candidates, 1), goals, z.flatten(0, 1))
-        values = self.value(subgoals, self.goal_rep(subgoals, goals)).mean(0).view(candidates, n)
+        values = self.goal_value(subgoals, goals).view(candidates, n)
         return subgoals.view(candidates, n, -1)[values.argmax(0), torch.arange(n, device=z.device)]
+
+    @torch.no_grad()
+    def goal_value(self, observations: torch.Tensor, goals: torch.Tensor) -> torch.Tensor:
+        """V(s, g) as the actor advantages use it: the mean of the online value heads on φ(s, g). Shape (B,)."""
+        return self.value(observations, self.goal_rep(observations, goals)).mean(0)
 
     @torch.no_grad()
     def sample_actions(self, observations: torch.Tensor, goals: torch.Tensor, temperature: float = 0.0,

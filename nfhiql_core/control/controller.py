@@ -29,6 +29,7 @@ from nfhiql_core.control.safety import CommandFilter, OodAlarm, OodMonitor
 from nfhiql_core.control.supervisor import SafetySupervisor
 
 SUBGOALS_KEPT = 32
+NO_GOAL = "the goal was withdrawn (reached, aborted or canceled)"  # the detail of the `no_goal` safe command
 ERROR_REASONS = ("no_observation", "stale_observation", "invalid_observation", "non_finite_output", "estop",
                  "workspace")  # the other safe reasons are WARN
 UNUSABLE_REASONS = {"missing": "no_observation", "stale": "stale_observation", "invalid": "invalid_observation"}
@@ -96,6 +97,7 @@ class ControllerCore:
         self.pending: Pending | None = None
         self.subgoals: OrderedDict[int, np.ndarray] = OrderedDict()
         self.idle_sent = False
+        self.cleared = False  # the goal was withdrawn: safe commands until a new one
         self.fault: tuple[str, str, str] | None = None  # a stream that cannot be used: (reason, detail, topic)
         self.state, self.detail = "starting", ""
         self.safe: Counter[str] = Counter()
@@ -117,8 +119,21 @@ class ControllerCore:
         except Rejected as exc:
             raise self._reject(exc) from None
         self.schedule.reset(stamp)
+        self.cleared = False
         for old in [s for s in self.subgoals if s < stamp]:
             del self.subgoals[old]
+
+    def on_goal_cleared(self, stamp: int, now: int) -> list[Command]:
+        """The goal was withdrawn (cancelled, reached or aborted): the safe command now, and for every
+        observation until a new goal comes."""
+        try:
+            self.goal.admit(stamp, now, ordered=False)
+        except Rejected as exc:
+            raise self._reject(exc) from None
+        self.cleared = True
+        self.subgoals.clear()
+        pending, self.pending = self.pending, None
+        return [self._safe("no_goal", pending.stamp if pending else (self.observation.stamp or now), NO_GOAL)]
 
     def on_subgoal(self, values: Sequence[float], stamp: int, names: Sequence[str], now: int) -> list[Command]:
         """A planned subgoal (stamped with its planning observation); may answer a waiting observation."""
@@ -155,6 +170,8 @@ class ControllerCore:
         self.latest_obs = obs
         self.idle_sent = False
         self.fault = None
+        if self.cleared and self.lockstep:
+            return [self._safe("no_goal", stamp, NO_GOAL)]
         if not self.lockstep:
             return []
         plan_stamp = self.schedule.observe(stamp)[1] if self.schedule.goal_stamp is not None else None
@@ -275,6 +292,8 @@ class ControllerCore:
     def _act(self, obs: np.ndarray, stamp: int, subgoal: np.ndarray, now: int) -> Command:
         """The policy's command for (obs, subgoal), supervised, OOD-checked, rate-limited and clamped; or the
         safe one."""
+        if self.cleared:
+            return self._safe("no_goal", stamp, NO_GOAL)
         stop = self.supervisor.verdict(obs, now) if self.supervisor else None
         if stop is not None:
             return self._safe(stop.reason, stamp, stop.detail)
@@ -298,12 +317,12 @@ class ControllerCore:
         self._set_state(reason, detail)
         return Command(self.commands.safe_command(), stamp, reason, detail)
 
-    def shutdown_command(self, now: int) -> Command:
-        """The safe command sent on shutdown, answering whatever was waiting."""
+    def shutdown_command(self, now: int, reason: str = "shutdown") -> Command:
+        """The safe command sent on shutdown (or deactivation), answering whatever was waiting."""
         stamp = self.pending.stamp if self.pending else self.observation.stamp or now
         self.pending = None
-        self.safe["shutdown"] += 1
-        return Command(self.commands.safe_command(), stamp, "shutdown")
+        self.safe[reason] += 1
+        return Command(self.commands.safe_command(), stamp, reason)
 
     def _set_state(self, state: str, detail: str) -> None:
         self.state, self.detail = state, detail

@@ -38,6 +38,8 @@ class PlannerCore:
         self.observation = Stream("observation", max_skew_ns)
         self.goal_stream = Stream("goal", max_skew_ns)
         self.goal: np.ndarray | None = None
+        self.latest: np.ndarray | None = None  # the latest valid observation (goal fill rules, teach)
+        self.towards_goal = False  # whether the latest observation counts as a step towards the goal
         self.dropped: Counter[str] = Counter()
 
     def _reject(self, exc: Rejected) -> Rejected:
@@ -54,6 +56,15 @@ class PlannerCore:
         self.goal = goal
         self.schedule.reset(stamp)
 
+    def on_goal_cleared(self, stamp: int, now: int) -> None:
+        """The goal was withdrawn: no plans until the next one."""
+        try:
+            self.goal_stream.admit(stamp, now, ordered=False)
+        except Rejected as exc:
+            raise self._reject(exc) from None
+        self.goal = None
+        self.schedule.reset(stamp)
+
     def on_observation(self, values: Sequence[float], stamp: int, names: Sequence[str], now: int
                        ) -> PlanRequest | None:
         """The plan this observation asks for, or None (not its turn, or no goal yet)."""
@@ -62,12 +73,14 @@ class PlannerCore:
             self.observation.admit(stamp, now)
         except Rejected as exc:
             raise self._reject(exc) from None
+        self.latest, self.towards_goal = obs, False
         if self.goal is None:
             self.dropped["observation_before_goal"] += 1
             return None
         if self.lockstep and self.schedule.before_goal(stamp):
             self.dropped["observation_previous_goal"] += 1
             return None
+        self.towards_goal = True
         replan, _ = self.schedule.observe(stamp)
         return PlanRequest(obs, self.goal, stamp) if replan else None
 

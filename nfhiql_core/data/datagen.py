@@ -105,16 +105,20 @@ def generate_dataset(
     seqs = np.random.SeedSequence(seed).spawn(num_episodes)
     probe = min(PROBE_EPISODES, num_episodes) if spec.expert and min_goal_rate is not None else 0
     with tqdm(total=num_episodes, desc=f"datagen {env_name}", unit="ep", disable=not progress) as bar:
-        episodes, reached = [], 0
+        episodes, reached, total_goals = [], 0, 0
         for episode, goals in _episodes(spec, seqs, workers):
             episodes.append(episode)
             reached += goals > 0
+            total_goals += goals
             bar.update(1)
             bar.set_postfix(goal_rate=f"{reached / len(episodes):.2f}")
             if len(episodes) == probe and reached < min_goal_rate * probe:
                 raise ExpertError(f"{spec.expert}: expert too weak: {reached} of the first {probe} episodes reached "
                                   f"a goal (need {min_goal_rate:.0%}); train it longer or pass --allow-weak-expert")
     save_npz(path, {key: np.concatenate([ep[key] for ep in episodes]) for key in episodes[0]})
+    if progress:
+        print(f"{path}: {num_episodes} episodes, {reached / num_episodes:.1%} reached at least one goal, "
+              f"{total_goals / num_episodes:.2f} goals reached per episode")
     return path
 
 

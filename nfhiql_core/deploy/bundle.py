@@ -6,11 +6,14 @@
                     the robot interface spec the policy was trained with
       high.onnx     (observation, goal, z)    -> (subgoal, log_prob)   subgoal already normalised
       low.onnx      (observation, subgoal, z) -> (action, log_prob)    action NOT clipped (see runtime)
+      value.onnx    (observation, goal)       -> (value)               HIQL's V(s, g) (optional: bundles
+                                                                       exported before it have none)
 
 Both models take the base noise z as an input (z = 0: the deterministic policy) and have a
 dynamic batch dimension. `load_bundle` verifies bundle.json's own checksum and the models', validates
 every value a runtime relies on and fails with a one-line `BundleError` naming the field. Written by
-`nfhiql_core.training.export`, read by `nfhiql_core.deploy.runtime`; needs neither torch nor onnxruntime.
+`nfhiql_core.training.export`, read by `nfhiql_core.deploy.runtime` (and `value_runtime`); needs neither
+torch nor onnxruntime.
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ METADATA_DIGEST = "metadata_sha256"  # bundle.json's own checksum (see `metadata
 POLICIES = ("flow", "gaussian")
 SUBGOAL_SPACES = ("rep", "state")
 LEVELS = ("high", "low")
+VALUE_INPUTS, VALUE_OUTPUTS = ("observation", "goal"), ("value",)
+# The reward V(s, g) was trained on (the goal sampler's gc_negative: true): the only one steps-to-go inverts.
+REWARD_PER_STEP, REWARD_AT_GOAL = -1.0, 0.0
 # Opsets every onnxruntime allowed by the `runtime`/`gpu` extras (>= 1.18) implements.
 MIN_OPSET, MAX_OPSET = 7, 21
 
@@ -53,6 +59,17 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ValueInfo(ModelInfo):
+    """value.onnx and what its V(s, g) means: the expected discounted return, at `discount`, of a
+    reward of `reward_per_step` on every step before the goal and `reward_at_goal` at it (an episode
+    ends there). With (−1, 0), V = −(1 − γⁿ)/(1 − γ) for a goal n steps away."""
+
+    discount: float
+    reward_per_step: float
+    reward_at_goal: float
+
+
+@dataclass(frozen=True)
 class SourceCheckpoint:
     """The checkpoint the bundle was exported from: its file name (no machine's path) and sha256."""
 
@@ -64,7 +81,8 @@ class SourceCheckpoint:
 class ParityReport:
     """Export-time check of ORT against torch over batch sizes × {z = 0, z ~ N(0, I)}.
 
-    Keys are 'high.subgoal', 'high.log_prob', 'low.action', 'low.log_prob'. `max_abs_diff` is
+    Keys are 'high.subgoal', 'high.log_prob', 'low.action', 'low.log_prob' (and 'value.value' with a
+    value model). `max_abs_diff` is
     max |ORT − torch float32|, `torch_float32_error` is max |torch float32 − torch float64| on the
     same inputs; the check passed: max_abs_diff ≤ atol + 2 · torch_float32_error for every output.
     """
@@ -88,6 +106,7 @@ class BundleMetadata:
     the p-th percentile of the high (low) level's log-likelihood of its own z = 0 output over n
     dataset states (see `nfhiql_core.training.export.ood_thresholds`); None when the dataset was not
     available at export (the controller's alarm is then disabled).
+    `value` describes value.onnx; None in bundles exported without one (no progress estimates).
     """
 
     format: str
@@ -116,6 +135,10 @@ class BundleMetadata:
     training_config: dict[str, Any]
     ood_log_likelihood: dict[str, Any] | None = None  # None: exported without its dataset (no alarm)
     interface: dict[str, Any] | None = None  # the robot interface spec (nfhiql_core.interface); None: vectors only
+    # Per-value min/max of the training data's observations ({"low", "high", "dataset"}), what goals are
+    # checked against; None: exported without its dataset
+    data_range: dict[str, Any] | None = None
+    value: ValueInfo | None = None  # value.onnx; None: exported without it (older bundles)
 
     def model(self, level: str) -> ModelInfo:
         """The ModelInfo of level 'high' or 'low'."""
@@ -143,6 +166,11 @@ class Bundle:
 
     def model_path(self, level: str) -> Path:
         return self.path / self.metadata.model(level).file
+
+    def models(self) -> list[ModelInfo]:
+        """Every model file the bundle has: the two levels, then the value model if there is one."""
+        meta = self.metadata
+        return [meta.high, meta.low, *([meta.value] if meta.value is not None else [])]
 
 
 def metadata_digest(data: dict[str, Any]) -> str:
@@ -224,12 +252,31 @@ def validate_metadata(meta: BundleMetadata, where: str) -> None:
     ood = meta.ood_log_likelihood
     if ood is not None and not all(_finite(ood.get(level)) for level in LEVELS):
         fail(f"ood_log_likelihood needs finite numbers 'high' and 'low', got {ood!r}")
+    rng = meta.data_range
+    if rng is not None and not (isinstance(rng, dict) and all(
+            isinstance(rng.get(k), list) and len(rng[k]) == meta.obs_dim and all(map(_finite, rng[k]))
+            for k in ("low", "high")) and all(lo <= hi for lo, hi in zip(rng["low"], rng["high"]))):
+        fail(f"data_range needs lists 'low' <= 'high' of {meta.obs_dim} finite numbers")
+    if meta.value is not None:
+        check_value(meta.value, fail)
     if meta.interface is not None:
         try:
             spec = meta.interface_spec()
         except ConfigError as exc:
             fail(f"interface: {exc}")
         check_interface(meta, spec, fail)
+
+
+def check_value(value: ValueInfo, fail: Callable[[str], None]) -> None:
+    """The value entry names value.onnx's inputs and outputs, a discount in (0, 1) and the −1/0 reward."""
+    if (tuple(value.inputs), tuple(value.outputs)) != (VALUE_INPUTS, VALUE_OUTPUTS):
+        fail(f"value: inputs/outputs must be {list(VALUE_INPUTS)}/{list(VALUE_OUTPUTS)}, got "
+             f"{list(value.inputs)}/{list(value.outputs)}")
+    if not (_finite(value.discount) and 0.0 < value.discount < 1.0):
+        fail(f"value.discount must be in (0, 1), got {value.discount!r}")
+    if (value.reward_per_step, value.reward_at_goal) != (REWARD_PER_STEP, REWARD_AT_GOAL):
+        fail(f"value: reward_per_step/reward_at_goal must be {REWARD_PER_STEP:g}/{REWARD_AT_GOAL:g} (the reward "
+             f"progress estimates invert), got {value.reward_per_step!r}/{value.reward_at_goal!r}")
 
 
 def check_interface(meta: BundleMetadata, spec: InterfaceSpec, fail: Callable[[str], None]) -> None:
@@ -250,13 +297,14 @@ def load_bundle(bundle_dir: str | os.PathLike, verify_checksums: bool = True) ->
     path = Path(bundle_dir)
     meta = read_metadata(path, verify_checksums)
     validate_metadata(meta, str(path / METADATA_FILE))
-    for level in LEVELS:
-        model = path / meta.model(level).file
+    bundle = Bundle(path, meta)
+    for info in bundle.models():
+        model = path / info.file
         if not model.is_file():
-            raise BundleError(f"{path}: model file {meta.model(level).file} missing")
-        if verify_checksums and sha256_file(model) != meta.model(level).sha256:
+            raise BundleError(f"{path}: model file {info.file} missing")
+        if verify_checksums and sha256_file(model) != info.sha256:
             raise BundleError(f"{model}: checksum mismatch (file changed or corrupted since export)")
-    return Bundle(path, meta)
+    return bundle
 
 
 def expected_shapes(meta: BundleMetadata, level: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -6,16 +6,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from nfhiql_core.control.goals import GoalBook
 from nfhiql_core.deploy.bundle import BundleError, check_dims
 from nfhiql_core.deploy.runtime import BundlePolicy, PolicyRuntime
 from nfhiql_core.evaluation.episodes import make_env, quiet_gymnasium
+from nfhiql_core.evaluation.partial_goals import PartialGoalPolicy
 from nfhiql_core.evaluation.protocol import EvalResult, evaluate
 
 
 @quiet_gymnasium()
-def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every: int = 1,
-                    **evaluate_kwargs: Any) -> EvalResult:
-    """`evaluate()` a bundle's policy (default env: the bundle's), re-planning every `replan_every` steps."""
+def bundle_env(runtime: PolicyRuntime, env: str | None = None) -> str:
+    """The env to evaluate a bundle on (default: the bundle's), checked to have the bundle's dimensions."""
     env_name = env or runtime.metadata.env
     if not env_name:
         raise BundleError(f"{runtime.bundle.path}: no env recorded in the bundle; pass --env")
@@ -26,7 +27,17 @@ def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every
                    action_dim=int(np.prod(probe.action_space.shape)))
     finally:
         probe.close()
-    return evaluate(BundlePolicy(runtime, replan_every), env_name, **evaluate_kwargs)
+    return env_name
+
+
+def evaluate_bundle(runtime: PolicyRuntime, env: str | None = None, replan_every: int = 1,
+                    goal_fields: tuple[GoalBook, Sequence[str]] | None = None, **evaluate_kwargs: Any) -> EvalResult:
+    """`evaluate()` a bundle's policy (default env: the bundle's), re-planning every `replan_every` steps;
+    with `goal_fields` (a goal book and field names) towards partial goals (`PartialGoalPolicy`)."""
+    policy = BundlePolicy(runtime, replan_every)
+    if goal_fields:
+        policy = PartialGoalPolicy(policy, *goal_fields)
+    return evaluate(policy, bundle_env(runtime, env), **evaluate_kwargs)
 
 
 @quiet_gymnasium()

@@ -52,8 +52,10 @@ class StatefulPolicy(Protocol):
     """A policy with per-environment state (e.g. re-planning every N steps).
 
     Any policy with a callable `reset` attribute is treated as stateful:
-    `reset(env_indices)` is called with the slot indices of environments that start a new episode;
-    `__call__` then also receives `env_indices`, the slot index of each row of the batch (ascending).
+    `reset(env_indices)` is called with the slot indices of environments that start a new episode,
+    episodes in the order of `EvalResult.episodes` (task, then episode; a video's uncounted episode
+    last); `__call__` then also receives `env_indices`, the slot index of each row of the batch
+    (ascending).
     """
 
     def reset(self, env_indices: np.ndarray) -> None: ...

@@ -73,6 +73,7 @@ ARRAY_TYPES = (FLOAT32_ARRAY, FLOAT64_ARRAY)
 COMMAND_TYPES = (TWIST_STAMPED, FLOAT64_ARRAY, JOINT_TRAJECTORY, JOINT_STATE)  # what the action can be sent as
 DERIVATIONS = {"yaw": ("yaw",), "yaw_cos_sin": ("cos_yaw", "sin_yaw")}  # of a pose's quaternion
 TIME_SOURCES = ("header", "log")
+GOAL_FILLS = ("current", "reference")
 INTERPOLATIONS = ("zoh", "linear")
 
 
@@ -227,11 +228,15 @@ class FieldSpec:
         a, b = np.sort(self.features(raw), axis=0)  # features is monotone per value (affine, clip)
         return {name: (float(lo), float(hi)) for name, lo, hi in zip(self.value_names, a, b)}
 
+    def raw_values(self, values: np.ndarray) -> np.ndarray:
+        """This field's values → its raw message values (the inverse affine map; not for derived fields)."""
+        scale, offset = self.affine()
+        return (values - offset) / scale + self._center()
+
     def raw_command(self, action: np.ndarray) -> np.ndarray:
         """Action components → the raw command values (the inverse affine map), within `limit`."""
-        scale, offset = self.affine()
         limit = self.limits()
-        return np.clip((action - offset) / scale + self._center(), -limit, limit)
+        return np.clip(self.raw_values(action), -limit, limit)
 
 
 class FeatureMap:
@@ -323,6 +328,18 @@ class ActionSpec:
 
 
 @dataclass(frozen=True)
+class GoalSuccess:
+    """The success test of a goal: each listed field within `tolerance` of the goal's value."""
+
+    fields: tuple[str, ...] = ()  # observation labels compared (e.g. the object's position); () = no test
+    tolerance: float = 0.0  # the largest Euclidean distance per field, in the field's raw units (e.g. m)
+
+    def __post_init__(self) -> None:
+        if self.fields and not self.tolerance > 0:
+            raise ValueError(f"goal_success.tolerance: must be > 0 (got {self.tolerance})")
+
+
+@dataclass(frozen=True)
 class InterfaceSpec:
     """A validated robot interface spec."""
 
@@ -334,9 +351,15 @@ class InterfaceSpec:
     tolerance_s: float = 0.0  # zoh: a sample stamped up to this long after a row still counts for it
     episodes: EpisodeSpec = field(default_factory=EpisodeSpec)
     goal_fields: tuple[str, ...] = ()  # observation labels an operator may set in a goal
+    # A partial goal's other values: `current` (the observation when the goal is given) or `reference`
+    # (goal_reference's raw values where it has the label, else current)
+    goal_fill: str = "current"
+    goal_reference: dict[str, tuple[float, ...]] = field(default_factory=dict)  # label → raw values
+    goal_success: GoalSuccess = field(default_factory=GoalSuccess)
 
     def __post_init__(self) -> None:
         self._check_roles()
+        self._check_goal_keys()
         if not self.rate_hz > 0:
             raise ValueError(f"rate_hz: must be > 0 (got {self.rate_hz})")
         if self.time_source not in TIME_SOURCES:
@@ -373,6 +396,25 @@ class InterfaceSpec:
             rates = {f.rate_hz for f in self.fields if f.topic == topic and f.rate_hz}
             if len(rates) > 1:
                 raise ValueError(f"topic {topic}: fields declare different rate_hz ({sorted(rates)})")
+
+    def _check_goal_keys(self) -> None:
+        by_label = {f.label: f for f in self.observation}
+        if self.goal_fill not in GOAL_FILLS:
+            raise ValueError(f"goal_fill: {self.goal_fill!r} is not one of {GOAL_FILLS}")
+        for key, labels in (("goal_reference", self.goal_reference), ("goal_success.fields", self.goal_success.fields)):
+            unknown = [x for x in labels if x not in by_label]
+            if unknown:
+                raise ValueError(f"{key}: {unknown[0]!r} is not an observation label (labels: {', '.join(by_label)})")
+        for label, values in self.goal_reference.items():
+            if not (isinstance(values, (list, tuple)) and len(values) == by_label[label].raw_dim
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+                raise ValueError(f"goal_reference.{label}: expected {by_label[label].raw_dim} finite raw values "
+                                 f"(got {values!r})")
+            object.__setattr__(self, "goal_reference", {**self.goal_reference, label: tuple(map(float, values))})
+        for label in self.goal_success.fields:
+            if by_label[label].derive:
+                raise ValueError(f"goal_success.fields: {label!r} is derived ({by_label[label].derive}); "
+                                 "compare a field of raw values")
 
     def _check_roles(self) -> None:
         """Observation-only and command-only keys stay where they mean something."""

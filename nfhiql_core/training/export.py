@@ -1,9 +1,10 @@
 """`nfhiql export`: checkpoint → self-verified policy bundle (layout: `nfhiql_core.deploy.bundle`).
 
-Both levels are exported in the sampling direction (noise z as an input, dynamic batch), checked
-against torch with ONNX Runtime before anything is published (a failed export writes nothing), and
-the bundle gets out-of-distribution thresholds from the training dataset when it is at hand. Why
-each of these is done the way it is: docs/design/export.md.
+Both levels are exported in the sampling direction (noise z as an input, dynamic batch), with the
+value function V(s, g) beside them; all three are checked against torch with ONNX Runtime before
+anything is published (a failed export writes nothing), and the bundle gets out-of-distribution
+thresholds from the training dataset when it is at hand. Why each of these is done the way it is:
+docs/design/export.md.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -31,9 +32,23 @@ from nfhiql_core.atomic_io import check_output_dir, publish_dir, save_json, stag
 from nfhiql_core.checksums import sha256_file
 from nfhiql_core.config import from_dict, to_dict
 from nfhiql_core.data.dataset import load_dataset
-from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
-from nfhiql_core.deploy.bundle import FORMAT, LEVELS, BundleMetadata, ModelInfo, ParityReport, load_bundle, sealed
+from nfhiql_core.data.goal_sampler import GoalSamplerConfig, HierarchicalGoalSampler
+from nfhiql_core.deploy.bundle import (
+    FORMAT,
+    LEVELS,
+    REWARD_AT_GOAL,
+    REWARD_PER_STEP,
+    VALUE_INPUTS,
+    VALUE_OUTPUTS,
+    BundleMetadata,
+    ModelInfo,
+    ParityReport,
+    ValueInfo,
+    load_bundle,
+    sealed,
+)
 from nfhiql_core.deploy.runtime import LevelSession
+from nfhiql_core.deploy.value_runtime import ValueRuntime
 from nfhiql_core.errors import NfhiqlError
 from nfhiql_core.evaluation.names import component_names
 from nfhiql_core.interface.robots import env_spec
@@ -44,8 +59,9 @@ OPSET = 18
 PARITY_ATOL = 1e-5
 PARITY_BATCH_SIZES = (1, 7, 64)
 PARITY_OBS_SCALE = 10.0  # observations/goals ~ N(0, 10²): covers maze coordinates (0..~30)
-INPUTS = {"high": ("observation", "goal", "z"), "low": ("observation", "subgoal", "z")}
-OUTPUTS = {"high": ("subgoal", "log_prob"), "low": ("action", "log_prob")}
+INPUTS = {"high": ("observation", "goal", "z"), "low": ("observation", "subgoal", "z"), "value": VALUE_INPUTS}
+OUTPUTS = {"high": ("subgoal", "log_prob"), "low": ("action", "log_prob"), "value": VALUE_OUTPUTS}
+CPU = ["CPUExecutionProvider"]
 OOD_SAMPLES = 10_000  # dataset states scored for the OOD thresholds
 OOD_PERCENTILE = 1.0  # threshold = this percentile of the in-distribution log-likelihoods
 
@@ -80,23 +96,43 @@ class LowLevelPolicy(nn.Module):
         return self.actor.sample_with_log_prob(torch.cat([observation, subgoal], -1), z)
 
 
+class GoalValue(nn.Module):
+    """(observation, goal) → value: `HIQLAgent.goal_value`, the mean of the online value heads on
+    φ(s, g), the V(s, g) the actor advantages use (not the target heads' min of the value loss)."""
+
+    def __init__(self, agent: HIQLAgent):
+        super().__init__()
+        self.agent = agent
+
+    def forward(self, observation: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return self.agent.goal_value(observation, goal)
+
+
 def level_modules(agent: HIQLAgent) -> dict[str, nn.Module]:
     """The two exported modules of an agent, in eval mode."""
     return {"high": HighLevelPolicy(agent).eval(), "low": LowLevelPolicy(agent).eval()}
 
 
-def level_inputs(agent: HIQLAgent, level: str, batch: int, random_z: bool,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random (observation, goal|subgoal, z) for a level; rep-space subgoals are length-normalised."""
+def exported_modules(agent: HIQLAgent, with_value: bool = True) -> dict[str, nn.Module]:
+    """The modules a bundle holds, by model name ('high', 'low' and, `with_value`, 'value'), in eval mode."""
+    return {**level_modules(agent), **({"value": GoalValue(agent).eval()} if with_value else {})}
+
+
+def model_inputs(agent: HIQLAgent, model: str, batch: int, random_z: bool,
+                 generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random inputs of a model: (observation, goal|subgoal, z) for a level, (observation, goal) for
+    the value; rep-space subgoals are length-normalised."""
     def normal(dim: int, scale: float = 1.0) -> torch.Tensor:
         return scale * torch.randn(batch, dim, generator=generator)
 
     obs = normal(agent.obs_dim, PARITY_OBS_SCALE)
-    if level == "low" and agent.config.subgoal_space == "rep":
+    if model == "low" and agent.config.subgoal_space == "rep":
         condition = length_normalize(normal(agent.subgoal_dim))
     else:  # a goal or a state-space subgoal: both are observations
         condition = normal(agent.obs_dim, PARITY_OBS_SCALE)
-    z_dim = agent.subgoal_dim if level == "high" else agent.action_dim
+    if model == "value":
+        return obs, condition
+    z_dim = agent.subgoal_dim if model == "high" else agent.action_dim
     return obs, condition, normal(z_dim) if random_z else torch.zeros(batch, z_dim)
 
 
@@ -114,34 +150,40 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_level(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, level: str, opset: int) -> None:
-    """Export one level to a single-file ONNX model with a dynamic batch dimension."""
+def export_level(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, model: str, opset: int) -> None:
+    """Export one model ('high', 'low', 'value') to a single-file ONNX model with a dynamic batch dimension."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     with _quiet_exporter():
-        torch.onnx.export(module, example, str(path), input_names=list(INPUTS[level]),
-                          output_names=list(OUTPUTS[level]), dynamic_shapes=tuple({0: batch} for _ in example),
+        torch.onnx.export(module, example, str(path), input_names=list(INPUTS[model]),
+                          output_names=list(OUTPUTS[model]), dynamic_shapes=tuple({0: batch} for _ in example),
                           opset_version=opset, dynamo=True, external_data=False, verbose=False)
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def parity_diffs(agent: HIQLAgent, level: str, session: LevelSession, batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
-                 seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Per output of a level: (max |ORT − torch|, max |torch − torch float64|) on the same inputs,
-    over each batch size with z = 0 and z ~ N(0, I)."""
-    module, module64 = level_modules(agent)[level], level_modules(copy.deepcopy(agent).double())[level]
+def parity_diffs(agent: HIQLAgent, model: str, run: Callable[..., Sequence[np.ndarray]],
+                 batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Per output of a model: (max |ORT − torch|, max |torch − torch float64|) on the same inputs,
+    over each batch size with z = 0 and z ~ N(0, I) (the value has no z: twice with fresh inputs).
+    `run` maps the numpy inputs to ORT's outputs."""
+    module, module64 = exported_modules(agent)[model], exported_modules(copy.deepcopy(agent).double())[model]
     generator = torch.Generator().manual_seed(seed)
-    worst = {name: (0.0, 0.0) for name in OUTPUTS[level]}
+    worst = {name: (0.0, 0.0) for name in OUTPUTS[model]}
     for batch in batch_sizes:
         for random_z in (False, True):
-            inputs = level_inputs(agent, level, batch, random_z, generator)
-            with torch.no_grad():
-                expected = [e.numpy() for e in module(*inputs)]
-                exact = [e.numpy() for e in module64(*(x.double() for x in inputs))]
-            got = session.run(*(x.numpy() for x in inputs))
-            for name, g, e, e64 in zip(OUTPUTS[level], got, expected, exact):
+            inputs = model_inputs(agent, model, batch, random_z, generator)
+            expected, exact = _outputs(module, inputs), _outputs(module64, [x.double() for x in inputs])
+            got = run(*(x.numpy() for x in inputs))
+            for name, g, e, e64 in zip(OUTPUTS[model], got, expected, exact):
                 diff, noise = float(np.abs(g - e).max()), float(np.abs(e - e64).max())
                 worst[name] = (max(worst[name][0], diff), max(worst[name][1], noise))
     return worst
+
+
+def _outputs(module: nn.Module, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """A module's output(s) as a list of arrays (the value model has one output, the levels two)."""
+    with torch.no_grad():
+        out = module(*inputs)
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
 
 def control_period(env: Any) -> float | None:
@@ -175,16 +217,27 @@ def _env_description(env_name: str | None, obs_dim: int, action_dim: int) -> dic
     return desc
 
 
-def _write_models(agent: HIQLAgent, tmp: Path, opset: int, atol: float) -> tuple[dict[str, ModelInfo], ParityReport]:
-    """Export both levels into `tmp` and verify them against torch; ExportError if they differ."""
+def _write_models(agent: HIQLAgent, tmp: Path, opset: int, atol: float, with_value: bool
+                  ) -> tuple[dict[str, ModelInfo], ParityReport]:
+    """Export both levels (and `with_value`, the value) into `tmp` and verify them against torch;
+    ExportError if they differ."""
     models, diffs = {}, {}
     generator = torch.Generator().manual_seed(0)
-    for level, module in level_modules(agent).items():
-        path = tmp / f"{level}.onnx"
-        export_level(module, level_inputs(agent, level, 2, True, generator), path, level, opset)
-        models[level] = ModelInfo(path.name, sha256_file(path), INPUTS[level], OUTPUTS[level])
-        session = LevelSession(path, models[level], providers=["CPUExecutionProvider"])
-        diffs.update({f"{level}.{name}": d for name, d in parity_diffs(agent, level, session).items()})
+    for name, module in exported_modules(agent, with_value).items():
+        path = tmp / f"{name}.onnx"
+        export_level(module, model_inputs(agent, name, 2, True, generator), path, name, opset)
+        info = ModelInfo(path.name, sha256_file(path), INPUTS[name], OUTPUTS[name])
+        if name == "value":
+            models[name] = ValueInfo(**to_dict(info), discount=agent.config.discount,
+                                     reward_per_step=REWARD_PER_STEP, reward_at_goal=REWARD_AT_GOAL)
+            value_runtime = ValueRuntime(path, models[name], agent.obs_dim, agent.obs_dim, CPU)
+
+            def run(observation: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray]:
+                return (value_runtime.values(observation, goal),)
+        else:
+            models[name] = info
+            run = LevelSession(path, info, providers=CPU).run
+        diffs.update({f"{name}.{output}": d for output, d in parity_diffs(agent, name, run).items()})
     for name, (diff, noise) in diffs.items():
         if not diff <= atol + 2 * noise:
             raise ExportError(f"ONNX model disagrees with torch on {name}: max abs diff {diff:.3g} > "
@@ -204,12 +257,12 @@ def ood_thresholds(models: dict[str, LevelSession], noise_dims: dict[str, int], 
     return {"high": float(np.percentile(high, percentile)), "low": float(np.percentile(low, percentile))}
 
 
-def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent: HIQLAgent,
-                  dataset: str | None) -> dict[str, Any] | None:
-    """`ood_log_likelihood` for bundle.json from the training data (`dataset`, else the recipe's).
-
-    None, with a warning, when the recipe's dataset is not available; an explicit `dataset` must load.
-    """
+def _dataset_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent: HIQLAgent,
+                      dataset: str | None) -> dict[str, Any]:
+    """bundle.json's `ood_log_likelihood` and `data_range` from the training data (`dataset`, else the
+    recipe's): both None, with a warning, when the recipe's dataset is not available; an explicit
+    `dataset` must load. `data_range` is the per-value min and max of the dataset's observations (what
+    a goal given to the robot is checked against)."""
     from nfhiql_core.training.train import TrainConfig  # the recipe's dataset and goal-sampler settings
 
     try:
@@ -218,15 +271,20 @@ def _ood_metadata(config: dict[str, Any], models: dict[str, LevelSession], agent
     except NfhiqlError as exc:
         if dataset is not None:
             raise
-        log.warning("OOD thresholds not computed, the controller's OOD alarm will be off: %s", exc)
-        return None
+        log.warning("OOD thresholds and data range not computed (the controller's OOD alarm will be off, goals "
+                    "are not range-checked): %s", exc)
+        return {"ood_log_likelihood": None, "data_range": None}
     if data.obs_dim != agent.obs_dim:
         raise ExportError(f"{data.source}: dataset observations have dim {data.obs_dim}, "
                           f"the checkpoint {agent.obs_dim}")
     batch = HierarchicalGoalSampler(data, recipe.sampler_config()).sample(OOD_SAMPLES, np.random.default_rng(0))
     levels = ood_thresholds(models, {"high": agent.subgoal_dim, "low": agent.action_dim}, batch["observations"],
                             batch["high_actor_goals"])
-    return {**levels, "percentile": OOD_PERCENTILE, "samples": OOD_SAMPLES, "dataset": data.source}
+    observations = data.observations
+    return {"ood_log_likelihood": {**levels, "percentile": OOD_PERCENTILE, "samples": OOD_SAMPLES,
+                                   "dataset": data.source},
+            "data_range": {"low": observations.min(axis=0).astype(float).tolist(),
+                           "high": observations.max(axis=0).astype(float).tolist(), "dataset": data.source}}
 
 
 def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, env: str | None = None,
@@ -255,10 +313,9 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
                     interface=to_dict(spec))
     tmp = staging_dir(out)
     try:
-        models, parity = _write_models(agent, tmp, opset, atol)
-        sessions = {level: LevelSession(tmp / models[level].file, models[level], ["CPUExecutionProvider"])
-                    for level in LEVELS}
-        desc["ood_log_likelihood"] = _ood_metadata(ckpt.config, sessions, agent, dataset)
+        models, parity = _write_models(agent, tmp, opset, atol, _trained_on_step_penalty(ckpt.config))
+        sessions = {level: LevelSession(tmp / models[level].file, models[level], CPU) for level in LEVELS}
+        desc.update(_dataset_metadata(ckpt.config, sessions, agent, dataset))
         metadata = _metadata(agent, ckpt.config, ckpt.step, Path(checkpoint), env_name, desc, models, parity, opset)
         save_json(tmp / "bundle.json", sealed(to_dict(metadata)))
         load_bundle(tmp)  # what a runtime will check, before publishing
@@ -266,6 +323,17 @@ def export_bundle(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return metadata
+
+
+def _trained_on_step_penalty(config: dict[str, Any]) -> bool:
+    """Whether V was trained on the reward progress estimates invert (−1 per step, 0 at the goal: the goal
+    sampler's gc_negative); without it the bundle gets no value model (with a warning)."""
+    sampler = config.get("sampler") or {}
+    if sampler.get("gc_negative", GoalSamplerConfig.gc_negative):
+        return True
+    log.warning("value model not exported: the recipe's sampler.gc_negative is false (reward 0 per step, 1 at the "
+                "goal), and progress estimates assume -1 per step")
+    return False
 
 
 def _interface(path: str | os.PathLike | None, config: dict[str, Any], env_name: str | None
@@ -293,6 +361,7 @@ def _metadata(agent: HIQLAgent, config: dict[str, Any], step: int, checkpoint: P
         "action_dim": agent.action_dim, "goal_names": desc["observation_names"], **desc,
         "subgoal_steps": c.subgoal_steps, "subgoal_normalization": normalization, "env": env_name,
         "step": step, "opset": opset, **{level: to_dict(models[level]) for level in LEVELS},
+        "value": to_dict(models.get("value")),
         "source_checkpoint": {"path": checkpoint.name, "sha256": sha256_file(checkpoint)},
         "parity": to_dict(parity),
         "versions": {"nfhiql": nfhiql_core.__version__, "torch": torch.__version__, "onnx": onnx.__version__,

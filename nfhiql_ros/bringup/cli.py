@@ -48,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if a.name == "sim":
             p.add_argument("--no-sim", action="store_true", help="hardware: do not start mujoco_sim; run until "
                            "Ctrl-C (launch argument sim:=false)")
+        elif a.name == "activate":
+            p.add_argument("--no-activate", action="store_true", help="configure the planner and controller but "
+                           "leave them inactive for an operator (launch argument activate:=false)")
         else:
             p.add_argument(a.option, type=a.type, nargs="+" if a.many else None, choices=a.choices or None,
                            help=a.description)
@@ -64,8 +67,8 @@ def launch_arguments(args: argparse.Namespace) -> dict[str, str]:
     """The options as launch arguments (strings, '' = the parameter file's value)."""
     out = {}
     for a in stack_mod.ARGUMENTS:
-        if a.name == "sim":
-            out[a.name] = "false" if args.no_sim else "true"
+        if a.name in ("sim", "activate"):
+            out[a.name] = "false" if getattr(args, f"no_{a.name}") else "true"
             continue
         value = getattr(args, a.name)
         out[a.name] = ",".join(str(v) for v in value or []) if a.many else "" if value is None else str(value)
@@ -187,26 +190,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nfhiql-bringup {args.stack}: {mode}, bundle {bundle}"
               + (f", tasks {list(sim.get('tasks', []))} x {sim.get('episodes_per_task', 1)} episode(s)" if sim else "")
               + f", ROS_DOMAIN_ID {os.environ.get('ROS_DOMAIN_ID', '0')}", flush=True)
-        # 1. the policy nodes; 2. once this process has discovered them (their /diagnostics and
-        # `subgoal` writers), the sim, which in lockstep also waits for this process (observation gate).
+        # 1. the policy nodes (unconfigured) and the sim, which in lockstep waits for the observation
+        # subscribers that activation creates and for this process (observation gate); 2. configure
+        # (in robot mode it waits for the sim's robot topics), then activate the managed nodes.
         for node in plan:
             if node.name != "mujoco_sim":
                 start(node.name)
+        if sim:
+            monitor.open_observation_gate(_robot_topics(sim.get("robot_spec")))
+            start("mujoco_sim")
         policy_nodes = sum(n.name != "mujoco_sim" for n in plan)
         ready_by = time.monotonic() + STARTUP_TIMEOUT_S
+        transitions = ["configure"] + ([] if args.no_activate else ["activate"])
+        for transition in transitions:  # the managed nodes, each transition on both before the next
+            for name in stack_mod.MANAGED:
+                why = monitor.change_state(name, transition, ready_by, lambda: interrupted() or dead_node())
+                if why:
+                    failed = failed or name
+                    print(f"nfhiql-bringup: {why}", file=sys.stderr, flush=True)
+                    break
+            else:
+                print(f"nfhiql-bringup: {' and '.join(stack_mod.MANAGED)} "
+                      f"{'configured' if transition == 'configure' else 'active'}", flush=True)
+                continue
+            break
         while not (monitor.diagnostics_sub.get_publisher_count() >= policy_nodes
                    and monitor.subgoal_sub.get_publisher_count() >= 1):
             monitor.spin_once(SPIN_S)
-            if interrupted() or dead_node() or time.monotonic() > ready_by:
+            if interrupted() or dead_node() or failed or time.monotonic() > ready_by:
                 break
-        if not (interrupted() or dead_node()):
+        if not (interrupted() or dead_node() or failed):
             print(f"nfhiql-bringup: planner and controller {'up' if time.monotonic() <= ready_by else 'NOT seen'} "
                   f"after {time.monotonic() - t0:.1f} s", flush=True)
-            if sim:
-                monitor.open_observation_gate(_robot_topics(sim.get("robot_spec")))
-                start("mujoco_sim")
         children = {c.name: c for c in supervisor.children}
-        while True:
+        while not failed:  # (a lifecycle transition that failed ends the run at once)
             monitor.spin_once(SPIN_S)
             monitor.close_observation_gate()
             if signals.first is not None:
@@ -240,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"nfhiql-bringup: --timeout {args.timeout:g} s reached: stopping", file=sys.stderr, flush=True)
                 status, code = "timed out", 3
                 break
+        else:
+            status, code = "failed", 1
         stop_signal = signals.first if signals.first is not None else signal.SIGINT
         supervisor.stop(stop_signal, GRACE_S, idle=lambda: monitor.spin_once(SPIN_S), force=signals.force)
         monitor.drain(DRAIN_S)

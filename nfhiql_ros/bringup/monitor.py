@@ -52,6 +52,7 @@ class Monitor:
         self._joint_state, self._sensor_qos = JointState, qos_profile_sensor_data
         self.observation_gate = None
         self.observed = False
+        self.lifecycle_clients: dict = {}
 
     def open_observation_gate(self, topics: dict[str, type] | None = None) -> None:
         """Subscribe to the sim's state topics (`observation`, or in robot mode the robot's topics:
@@ -86,6 +87,28 @@ class Monitor:
 
     def _on_subgoal(self, msg) -> None:
         self.subgoal_times.append(time.monotonic())
+
+    def change_state(self, node: str, transition: str, deadline: float, give_up) -> str:
+        """Drive `node` through a lifecycle `transition` (configure, activate, ...) via its
+        `/<node>/change_state` service: '' on success, else why not. `give_up()` aborts the wait."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        client = self.lifecycle_clients.get(node)
+        if client is None:
+            client = self.lifecycle_clients[node] = self.node.create_client(ChangeState, f"/{node}/change_state")
+        while not client.service_is_ready():
+            if give_up() or time.monotonic() > deadline:
+                return f"no /{node}/change_state service"
+            self.spin_once(SPIN_S)
+        request = ChangeState.Request()
+        request.transition.id = getattr(Transition, f"TRANSITION_{transition.upper()}")
+        future = client.call_async(request)
+        while not future.done():
+            if give_up() or time.monotonic() > deadline:
+                return f"{transition} of {node}: no answer"
+            self.spin_once(SPIN_S)
+        return "" if future.result().success else f"{transition} of {node} failed (see its log)"
 
     def spin_once(self, timeout_s: float = SPIN_S) -> None:
         self.executor.spin_once(timeout_sec=timeout_s)

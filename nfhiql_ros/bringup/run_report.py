@@ -139,15 +139,16 @@ def build_report(*, stack: str, status: str, mode: str, bundle: str, episodes_ex
         by_reason = _live_safe_commands(last_ctrl)
         total_safe = int(_num(last_ctrl, "safe_commands", 0))
 
-    # Safe commands during the run: less the one sent on shutdown, lockstep's `idle` ones (the stream
-    # stopped after every observation was answered) and the one that marks the end of the observation
+    # Safe commands during the run: less the one sent on shutdown (or deactivation), lockstep's `idle`
+    # ones (the stream stopped after every observation was answered), `no_goal` ones (answering an
+    # episode's last state after its goal ended) and the one that marks the end of the observation
     # stream after the sim's last episode (a timer trigger sees it stop).
     after_end = 0
     if sim_done_at is not None and by_reason.get("stale_observation"):
         before = [v for t, _, _, v in ctrl if t <= sim_done_at]
         stale_before = int(_num(before[-1], "safe_stale_observation", 0)) if before else 0
         after_end = min(1, by_reason["stale_observation"] - stale_before)
-    during = total_safe - by_reason.get("shutdown", 0) - by_reason.get("idle", 0) - after_end
+    during = total_safe - sum(by_reason.get(k, 0) for k in ("shutdown", "deactivated", "idle", "no_goal")) - after_end
 
     target_hz = _num(ctrl_report or {}, "target_rate_hz")
     if not math.isfinite(target_hz):
@@ -178,6 +179,7 @@ def build_report(*, stack: str, status: str, mode: str, bundle: str, episodes_ex
         "dropped_messages": {"controller": _dropped(ctrl_report, last_ctrl), "planner": _dropped(planner, last_plan)},
         "sim": {k: sim.get(k) for k in ("steps", "ignored_commands", "rejected_commands", "missed_deadlines")}
         if sim else None,
+        "goals": goal_summary((sim or {}).get("goals") or []),
         "node_reports": dict(node_reports),
         "processes": pids, "exit_codes": exit_codes,
     }
@@ -189,6 +191,18 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 def _int(x: Any) -> str:
     return "?" if x is None else str(x)
+
+
+def goal_summary(goals: list[dict]) -> dict | None:
+    """The sim's per-episode goals (goal_output action): outcome counts and estimated-vs-actual steps."""
+    if not goals:
+        return None
+    outcomes: dict[str, int] = {}
+    for g in goals:
+        outcomes[g["outcome"]] = outcomes.get(g["outcome"], 0) + 1
+    estimates = " ".join(f"{'-' if g['estimated_steps_at_start'] is None else round(g['estimated_steps_at_start'])}"
+                         f"/{g['steps']}" for g in goals)
+    return {"outcomes": outcomes, "estimates": estimates, "episodes": goals}
 
 
 def format_report(r: dict) -> str:
@@ -219,6 +233,10 @@ def format_report(r: dict) -> str:
         lines.append(f"sim         {s['steps']} steps, commands ignored {s['ignored_commands']}, rejected "
                      f"{s['rejected_commands']}" + ("" if s["missed_deadlines"] is None
                                                     else f", missed deadlines {s['missed_deadlines']}"))
+    if r.get("goals"):
+        g = r["goals"]
+        lines.append("goals       " + ", ".join(f"{k} {n}" for k, n in g["outcomes"].items())
+                     + f"; value-estimated steps at the start vs actual (per episode): {g['estimates']}")
     missing = [n for n, rep in r["node_reports"].items() if rep is None]
     if missing:
         lines.append(f"reports     {', '.join(missing)}: not reported (figures from live diagnostics where seen)")
