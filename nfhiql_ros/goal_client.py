@@ -2,10 +2,10 @@
 
 `send(goal, on_started)` sends the goal observation and calls `on_started()` on the goal's first
 feedback (the planner has published it to the controller: the episode may begin); every finite
-value-estimated steps to go of the feedback is kept, the first as the episode's estimate at the start. `finish(on_done)` ends
-the episode's goal: if it has not ended within SETTLE_S of the episode's last state (the env ended
-the episode first, e.g. at its time limit) it is canceled; then
-`on_done(GoalRecord)` with the goal's outcome, reason and estimate. A goal that gets no answer
+value-estimated steps to go of the feedback is kept, the first as the episode's estimate at the
+start. `finish(on_done)` ends the episode's goal: if it has not ended within SETTLE_S of the
+episode's last state (the env ended the episode first, e.g. at its time limit) it is canceled;
+then `on_done(GoalRecord)` with the goal's outcome, reason and estimates. A goal that gets no answer
 within `timeout_s` is recorded as such and the run goes on.
 """
 from __future__ import annotations
