@@ -153,10 +153,7 @@ class HIQLAgent(nn.Module):
         self.low_actor = self._make_policy(obs_dim + self.subgoal_dim, action_dim)
         self.ema_actors = None if c.policy_ema == 0.0 else nn.ModuleDict(
             {"high": copy.deepcopy(self.high_actor), "low": copy.deepcopy(self.low_actor)}).requires_grad_(False)
-        # fused: one kernel per step for all parameters (the same update, to float rounding): the flow's
-        # many small tensors made the per-tensor loop ~10% of a CPU-recipe step
-        self.optimizer = OPTIMIZERS[c.optimizer](self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay,
-                                                 fused=True)
+        self.optimizer = OPTIMIZERS[c.optimizer](self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.scheduler = None
         if c.lr_scheduled:
             if total_steps is None:
