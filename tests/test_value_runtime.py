@@ -56,13 +56,19 @@ def test_bad_inputs_and_non_finite_values_raise(runtime: ValueRuntime) -> None:
 
 
 @pytest.mark.parametrize("name", ["cube-single-play", "pointmaze-medium-navigate"])
-def test_a_bundle_without_a_value_model_loads_everywhere(tmp_path, name: str) -> None:
-    """The shipped bundles were exported before value.onnx: no value runtime, the policy runs as before."""
+def test_shipped_bundles_carry_a_value_model_and_run_without_one(tmp_path, name: str) -> None:
+    """The shipped bundles give progress estimates; a bundle exported before value.onnx (no `value`
+    entry) has no value runtime and its policy runs as before."""
+    assert ValueRuntime.from_bundle(SHIPPED / name, CPU) is not None
     bundle = shutil.copytree(SHIPPED / name, tmp_path / name)
-    assert json.loads((bundle / "bundle.json").read_text()).get("value") is None  # absent, or null when resealed
+    (bundle / "value.onnx").unlink()
+    edit_metadata(bundle, value=None)
     assert load_bundle(bundle).metadata.value is None
     assert ValueRuntime.from_bundle(bundle, CPU) is None
-    assert PolicyRuntime(bundle, CPU).metadata.value is None
+    runtime = PolicyRuntime(bundle, CPU)
+    meta = runtime.metadata
+    assert meta.value is None
+    assert np.isfinite(runtime.act(np.zeros(meta.obs_dim), np.zeros(meta.subgoal_dim)).action).all()
 
 
 def _value_entry(bundle: Path, **changes) -> None:
