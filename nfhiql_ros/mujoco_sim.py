@@ -95,6 +95,9 @@ class MujocoSim(Node):
         self.act_dim = self.space.shape[0]
         self.model = RobotModel(self.env)
         self.robot = bool(self.p.robot_spec)
+        if self.robot and self.model.family == "legged":
+            raise ConfigError(f"mujoco_sim parameters: robot_spec: {self.env_name} is a legged robot, which runs on "
+                              "the vector interface (robot_spec '')")
         if self.robot:
             self.obs_names = load_spec(self.p.robot_spec).observation_names
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -70,6 +70,8 @@ class Argument:
 ARGUMENTS: tuple[Argument, ...] = (
     Argument("bundle", "", "policy bundle directory; '' = the parameter file's `bundle` (relative to the "
              "package share dir / repository root)"),
+    Argument("scenario", "", "mujoco_sim's scenario file (relative to the package share dir / repository root), "
+             "e.g. sim/antmaze-medium.yaml for the ant on the navigation stack; '' = the stack's own"),
     Argument("sim", "true", "true: start mujoco_sim as the robot; false: hardware (observation/goal come "
              "from elsewhere, mujoco_sim is not started)", ("true", "false")),
     Argument("mode", "", "lockstep (one sim step per command, policy nodes' trigger `observation`) or realtime "
@@ -265,6 +267,13 @@ def plan(stack: str, arguments: Mapping[str, str] | None = None, base_dir: str |
     here = Path(cwd) if cwd is not None else Path.cwd()
     spec = STACKS[stack]
     with_sim = parse_bool("sim", args["sim"])
+    if args["scenario"]:
+        if not with_sim:
+            raise StackError("scenario configures the sim: it needs sim:=true")
+        scenario = Path(resolve_path(args["scenario"], base))
+        if not scenario.is_file():
+            raise StackError(f"scenario: no such file {scenario}")
+        spec = replace(spec, scenario=str(scenario))
     nodes = {n.name: n for n in spec.nodes if with_sim or not n.sim_only}
     files = {name: file_parameters(base, n) for name, n in nodes.items()}
     policy_files = files["flow_controller"]

@@ -171,11 +171,11 @@ AGREEMENT_CASES = {
         ["--bundle", "/opt/bundles/b", "--mode", "realtime", "--rate-hz", "2", "--control-period-s", "0.05",
          "--executor", "events", "--providers", "CPU", "CUDA", "--tasks", "1", "3", "--episodes-per-task", "2",
          "--max-episode-steps", "10", "--seed", "4", "--replan-every", "5", "--command-output", "forward",
-         "--record-path", "/tmp/run.npz", "--interface", "vector"],
+         "--record-path", "/tmp/run.npz", "--interface", "vector", "--scenario", "sim/antmaze-medium.yaml"],
         {"bundle": "/opt/bundles/b", "mode": "realtime", "rate_hz": "2.0", "control_period_s": "0.05",
          "executor": "events", "providers": "CPU,CUDA", "tasks": "1,3", "episodes_per_task": "2",
          "max_episode_steps": "10", "seed": "4", "replan_every": "5", "command_output": "forward",
-         "record_path": "/tmp/run.npz", "interface": "vector"}),
+         "record_path": "/tmp/run.npz", "interface": "vector", "scenario": "sim/antmaze-medium.yaml"}),
     "hardware": (["--no-sim", "--bundle", "/opt/b", "--interface", "robot", "--mode", "realtime"],
                  {"sim": "false", "bundle": "/opt/b", "interface": "robot", "mode": "realtime"}),
 }
@@ -282,6 +282,19 @@ def test_plan_resolves_paths_and_rejects_inconsistent_arguments(tmp_path) -> Non
                        ({"episodes_per_task": "0"}, "episodes_per_task")):
         with pytest.raises(stack.StackError, match=match):
             stack.plan("navigation", bad, base_dir=ROOT)
+
+
+def test_a_scenario_argument_replaces_the_sims_scenario_file(tmp_path) -> None:
+    """scenario:=sim/antmaze-medium.yaml runs the ant on the navigation stack's config; a missing file
+    and a scenario without the sim are refused in one line."""
+    sim = {n.name: n for n in stack.plan("navigation", {"scenario": "sim/antmaze-medium.yaml"})}["mujoco_sim"]
+    assert [Path(f).relative_to(ROOT).as_posix() for f in sim.param_files] == [
+        "sim/antmaze-medium.yaml", "config/navigation.yaml"]
+    assert stack.effective_parameters(sim)["env"] == "antmaze-medium-navigate-v0"
+    with pytest.raises(stack.StackError, match="scenario: no such file .*nope.yaml"):
+        stack.plan("navigation", {"scenario": str(tmp_path / "nope.yaml")})
+    with pytest.raises(stack.StackError, match="scenario configures the sim"):
+        stack.plan("navigation", {"scenario": "sim/antmaze-medium.yaml", "sim": "false"})
 
 
 def test_bringup_rejects_a_missing_bundle_before_starting_anything(tmp_path, capsys) -> None:
@@ -485,6 +498,17 @@ def test_cube_goal_through_reach_goal_succeeds_as_the_estimated_steps_fall(tmp_p
     assert estimates[-1] < 0.5 * estimates[0]
     falls = sum(b < a for a, b in zip(estimates, estimates[1:]))
     assert falls >= 0.6 * (len(estimates) - 1), "the estimates did not mostly fall"
+
+
+def test_the_ant_runs_on_the_navigation_stack_with_its_scenario(tmp_path, reaper) -> None:
+    """The shipped ant bundle on the navigation stack with sim/antmaze-medium.yaml (vector interface):
+    the episode runs to its step cap, its goal through reach_goal, no safe command during the run."""
+    report = _run(ROOT / "bundles" / "antmaze-medium-navigate", tmp_path, reaper, "--scenario",
+                  "sim/antmaze-medium.yaml", "--tasks", "1", "--max-episode-steps", "20", "--replan-every", "1",
+                  "--providers", "CPU", "--quiet", "--timeout", "120", stack_name="navigation")
+    assert report["status"] == "completed" and report["sim"]["steps"] == 20
+    assert report["safe_commands"]["during_run"] == 0 and report["sim"]["rejected_commands"] == 0
+    assert report["goals"]["episodes"][0]["estimated_steps_at_start"] is not None
 
 
 def test_realtime_stack_keeps_the_controller_rate(bundle, tmp_path, reaper) -> None:

@@ -236,3 +236,19 @@ def test_nfhiql_bundle_interface_attaches_a_fitting_spec_and_refuses_another(tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "this interface's observation has 28 values, the bundle's 2" in err
     assert (bundle / "bundle.json").read_bytes() == before  # nothing written
+
+
+def test_an_ant_is_a_legged_robot_model_of_joint_states_only() -> None:
+    """antmaze's ant: its 8 hinge joints on /joint_states (the free root joint has no scalar position);
+    it takes the action vector, so a twist command is refused in one line."""
+    env = make_env("antmaze-medium-navigate-v0")
+    try:
+        env.reset(seed=0)
+        model = RobotModel(env)
+        readings = model.readings()
+        assert model.family == "legged" and len(readings.joint_names) == 8 == readings.position.size
+        assert set(fill_messages(readings, model.topics, 1, plain_message)) == {"/joint_states"}
+        with pytest.raises(ConfigError, match="legged robot takes the action vector"):
+            model.env_action(np.zeros(6))
+    finally:
+        env.close()

@@ -71,7 +71,8 @@ GRIPPER_OPEN_RAD = 0.8
 
 
 class RobotModel:
-    """The robot of one OGBench env: `family` arm (cube) or point (point maze)."""
+    """The robot of one OGBench env: `family` arm (cube), point (point maze) or legged (ant maze: joint
+    states only; it takes the action vector, there is no command interface to model)."""
 
     def __init__(self, env):
         self.env = env
@@ -85,9 +86,11 @@ class RobotModel:
             self.max_step = np.asarray(u.action_high, dtype=np.float64)  # |a| = 1 ↔ this change per step
         elif hasattr(u, "get_xy") and env.action_space.shape == (2,):
             self.family, self.topics = "point", POINT_TOPICS
+        elif hasattr(u, "get_xy") and self.joints.names:
+            self.family, self.topics = "legged", RobotTopics()
         else:
             raise ConfigError(f"{getattr(env.spec, 'id', env)}: no robot model (arms of cube envs and point "
-                              "mazes have one)")
+                              "mazes have one, ant mazes joint states)")
 
     def readings(self) -> Readings:
         """The robot's sensors now (after the env's last step)."""
@@ -116,6 +119,8 @@ class RobotModel:
         """
         if self.family == "point":
             return np.array([twist[0], twist[1]])
+        if self.family == "legged":
+            raise ConfigError("a legged robot takes the action vector (vector interface): no twist command")
         change = np.array([twist[0], twist[1], twist[2], twist[5], gripper_speed / GRIPPER_OPEN_RAD]) * self.dt
         return change / self.max_step
 
