@@ -49,12 +49,19 @@ def test_calibrate_progress_writes_its_figure_and_json(tmp_path, capsys) -> None
 
 
 def test_a_bundle_without_a_value_model_cannot_be_calibrated(tmp_path) -> None:
+    """A copy of the shipped pointmaze bundle without its value model (as exported before value.onnx)."""
+    import shutil
     from pathlib import Path
+
+    from bundle_helpers import edit_metadata
 
     from nfhiql_core.analysis.progress_calibration import calibrate_progress
     shipped = Path(__file__).resolve().parents[1] / "bundles" / "pointmaze-medium-navigate"
+    bundle = shutil.copytree(shipped, tmp_path / "bundle")
+    (bundle / "value.onnx").unlink()
+    edit_metadata(bundle, value=None)
     with pytest.raises(BundleError, match="no value model"):
-        calibrate_progress(shipped, tmp_path / "out")
+        calibrate_progress(bundle, tmp_path / "out")
 
 
 def trace(success: bool, steps: list[float], task_id: int = 1) -> Trace:
