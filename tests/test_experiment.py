@@ -59,6 +59,20 @@ def test_cells_cover_the_grid_with_their_own_recipes(tmp_path):
     assert [c.seed for c in cells] == [0, 0, 0, 0, 1, 1, 1, 1]  # seed-major: a partial grid covers every arm
 
 
+def test_a_task_may_run_its_own_data_fractions(tmp_path):
+    path = write_grid(tmp_path)
+    grid = yaml.safe_load(path.read_text())
+    grid["tasks"].append({**grid["tasks"][0], "name": "with-less-data", "data_fractions": [1.0, 0.1]})
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    cells = grid_cells(load_experiment_config(path))
+    assert sorted({(c.task, c.data_fraction) for c in cells}) == [
+        (TASK, 1.0), ("with-less-data", 0.1), ("with-less-data", 1.0)]
+    grid["tasks"][1]["data_fractions"] = [1.5]
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"tasks\[with-less-data\]\.data_fractions must lie in \(0, 1\]"):
+        load_experiment_config(path)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("data_fractions", [0.0], "data_fractions must lie in (0, 1]"),
     ("seeds", [], "must be non-empty"),
@@ -306,7 +320,8 @@ def test_shipped_recipe_ablation_changes_one_thing_per_row(tmp_path, monkeypatch
              c.recipe.train.eval_episodes, c.recipe.train.eval_subgoal_candidates) for c in cells} == \
            {(40000, 256, 4000, 32000, 50, 1)}
     assert {c.task for c in cells if c.policy == "gaussian"} == {"cube-single-play", "cube-v2"}
-    assert len(cells) == 27
+    assert {c.task for c in cells if c.data_fraction != 1.0} == {"cube-v2"}  # 10 % of the data: the candidate only
+    assert len(cells) == 27 + 6
 
     moved = dataclasses.replace(config, output_dir=str(tmp_path / "grid"))
     adopted = adopt_results(moved, root / "docs" / "experiments" / "cpu-grid" / "results.json")

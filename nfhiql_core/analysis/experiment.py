@@ -51,6 +51,7 @@ class TaskSpec:
     overrides: tuple[str, ...] = ()
     reference: str = ""  # published figure to compare the Gaussian control with, e.g. "OGBench HIQL 79 ± 5 %"
     policies: tuple[str, ...] = ()  # the policies this task runs, a subset of the grid's; () = all of them
+    data_fractions: tuple[float, ...] = ()  # the data fractions this task runs; () = the grid's
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class ExperimentConfig:
         if self.final_evals < 1 or self.jobs < 1:
             raise ValueError("final_evals and jobs must be >= 1")
         for task in self.tasks:
+            if any(not 0.0 < f <= 1.0 for f in task.data_fractions):
+                raise ValueError(f"tasks[{task.name}].data_fractions must lie in (0, 1] "
+                                 f"(got {list(task.data_fractions)})")
             extra = sorted(set(task.policies) - set(self.policies))
             if extra:
                 raise ValueError(f"tasks[{task.name}].policies: {extra[0]!r} is not one of the grid's policies "
@@ -84,6 +88,10 @@ class ExperimentConfig:
     def task_policies(self, task: TaskSpec) -> tuple[str, ...]:
         """The policies `task` runs, in the grid's order."""
         return tuple(p for p in self.policies if not task.policies or p in task.policies)
+
+    def task_fractions(self, task: TaskSpec) -> tuple[float, ...]:
+        """The data fractions `task` runs."""
+        return task.data_fractions or self.data_fractions
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,7 @@ def grid_cells(config: ExperimentConfig) -> list[Cell]:
     """
     cells = []
     for task in config.tasks:
-        for seed, fraction, policy in itertools.product(config.seeds, config.data_fractions,
+        for seed, fraction, policy in itertools.product(config.seeds, config.task_fractions(task),
                                                         config.task_policies(task)):
             run_dir = Path(config.output_dir) / task.name / f"{policy}-frac{fraction:g}-seed{seed}"
             overrides = [*task.overrides, f"agent.policy={policy}", f"dataset.data_fraction={fraction}",
@@ -286,7 +294,7 @@ def write_report(config: ExperimentConfig) -> dict[str, Any]:
     results = {c.key: _load_result(c) for c in cells}
     groups = []
     for task in config.tasks:
-        for fraction, policy in itertools.product(config.data_fractions, config.task_policies(task)):
+        for fraction, policy in itertools.product(config.task_fractions(task), config.task_policies(task)):
             members = [c for c in cells if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
             done = [results[c.key] for c in members if results[c.key] is not None]
             scores = [r["success"] for r in done]
@@ -365,7 +373,7 @@ def _markdown(config: ExperimentConfig, report: dict[str, Any]) -> str:
               "|---|---|" + "---|" * len(config.policies) + "---|---|---|"]
     groups = report["groups"]
     for task in config.tasks:
-        for fraction in config.data_fractions:
+        for fraction in config.task_fractions(task):
             row = [g for g in groups if g["task"] == task.name and g["data_fraction"] == fraction]
             by_policy = {g["policy"]: g for g in row}
             cells = [_fmt(g["success_mean"], g["success_std"], len(g["seeds_done"]), len(g["seeds_planned"]))
@@ -416,7 +424,7 @@ def _plot_curves(config: ExperimentConfig, cells: Sequence[Cell], results: dict[
     plt = pyplot()
     fig, axes = plt.subplots(1, len(config.tasks), figsize=(5.5 * len(config.tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], config.tasks):
-        for fraction, policy in itertools.product(config.data_fractions, config.policies):
+        for fraction, policy in itertools.product(config.task_fractions(task), config.policies):
             curves = [_curve(c, results[c.key]) for c in cells
                       if (c.task, c.policy, c.data_fraction) == (task.name, policy, fraction)]
             curves = [c for c in curves if c]
