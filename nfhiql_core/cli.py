@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("datagen", help="generate an OGBench-format dataset with ogbench's envs and oracles")
-    p.add_argument("env", help="dataset name, e.g. pointmaze-medium-navigate or cube-single-play")
+    p.add_argument("env", help="dataset name, e.g. pointmaze-medium-navigate, cube-single-play or scene-play")
     p.add_argument("--episodes", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True)

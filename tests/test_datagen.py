@@ -6,7 +6,7 @@ import numpy as np
 import ogbench
 import pytest
 
-from nfhiql_core.data.datagen import SUPPORTED_ENVS, _cells_at_distance, generate_dataset
+from nfhiql_core.data.datagen import SUPPORTED_ENVS, _cells_at_distance, _scene_cube_stayed_visible, generate_dataset
 from nfhiql_core.errors import ConfigError, OutputExistsError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -61,6 +61,31 @@ def test_pointmaze_output_matches_ogbench_layout(tmp_path):
 def test_cube_output_matches_ogbench_layout(tmp_path):
     path, data = _generate(tmp_path, "cube-single-play", episodes=1, steps=30)
     _check_layout(path, data, episodes=1, steps=30, ob_dim=28, act_dim=5)
+
+
+@pytest.mark.parametrize("name, ob_dim, qpos_dim, buttons", [("scene-play", 40, 25, 2), ("puzzle-3x3-play", 55, 23, 9)])
+def test_scene_and_puzzle_match_ogbench_layout_with_button_states(tmp_path, name, ob_dim, qpos_dim, buttons):
+    path, data = _generate(tmp_path, name, episodes=2, steps=150, seed=3)
+    _check_layout(path, data, episodes=2, steps=150, ob_dim=ob_dim, act_dim=5)
+    assert data["qpos"].shape == (300, qpos_dim)
+    assert data["button_states"].shape == (300, buttons) and data["button_states"].dtype == np.int64
+    assert set(np.unique(data["button_states"])) <= {0, 1}
+    with_info = ogbench.load_dataset(str(path), add_info=True)
+    assert with_info["button_states"].shape == (298, buttons)
+    _, again = _generate(tmp_path / "again", name, episodes=2, steps=150, seed=3, workers=2)
+    assert all(data[key].tobytes() == again[key].tobytes() for key in data)
+    env = gymnasium.make(f"{name.removesuffix('-play')}-v0").unwrapped
+    assert env.observation_space.shape == (ob_dim,)
+
+
+def test_scene_health_test_is_ogbenchs():
+    qpos = np.zeros((4, 25))
+    qpos[:, 14:17] = [0.4, 0.0, 0.02]  # on the table
+    assert _scene_cube_stayed_visible(qpos)
+    for y, z, visible in [(0.29, 0.02, False), (-0.3, 0.02, False), (-0.3, 0.07, True), (-0.35, 0.09, False)]:
+        moved = qpos.copy()
+        moved[2, 15:17] = y, z
+        assert _scene_cube_stayed_visible(moved) is visible, (y, z)
 
 
 def test_refuses_to_overwrite_without_force(tmp_path):

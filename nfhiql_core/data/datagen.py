@@ -10,9 +10,14 @@ Follows OGBench's published data_gen_scripts (generate_locomaze.py, generate_man
 - antmaze navigate / stitch: the same start, goal and new-goal logic, but the action is the
   directional ant expert's (`--expert`, trained by `nfhiql expert ant`) walking towards the next
   BFS cell, plus N(0, 0.2^2), clipped to [-1, 1] (see docs/design/ant-expert.md).
-- cube play: CubePlanOracle with temporally correlated plan noise (noise 0.1, smoothing 0.5) in the
-  env's `data_collection` mode, a new random target after each pick-and-place; 1001 steps
-  (published: 1000 episodes). Stacking probability 0 (single) or U(0, 0.25) (double).
+- manipulation play (cube-single, cube-double, scene, puzzle-3x3): OGBench's plan oracles with
+  temporally correlated plan noise (noise 0.1, smoothing 0.5) in the env's `data_collection` mode,
+  the oracle for the env's current target task (scene: cube, button, drawer or window; puzzle: the
+  buttons, pressed with the gripper closed), a new random target after each task; 1001 steps
+  (published: 1000 episodes). Cube stacking probability 0 (single), U(0, 0.25) (double), 0.5
+  elsewhere. Scene episodes in which the cube leaves the visible table (too far right, or too far
+  left outside the drawer) are rolled out again, as OGBench does; scene and puzzle files also hold
+  `button_states`.
 
 Unlike OGBench's scripts, everything is seeded: episode i draws from `SeedSequence(seed).spawn(n)[i]`,
 so the output depends only on `seed`, not on the number of workers. OGBench's `-val` split is not
@@ -36,7 +41,11 @@ import gymnasium
 import numpy as np
 import nfhiql_core.headless_gl  # noqa: F401, I001  (before MuJoCo: picks its OpenGL backend)
 import ogbench  # noqa: F401  (registers the OGBench environments with gymnasium)
+from ogbench.manipspace.oracles.plan.button_plan import ButtonPlanOracle
 from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+from ogbench.manipspace.oracles.plan.drawer_plan import DrawerPlanOracle
+from ogbench.manipspace.oracles.plan.plan_oracle import PlanOracle
+from ogbench.manipspace.oracles.plan.window_plan import WindowPlanOracle
 from tqdm import tqdm
 
 from nfhiql_core.atomic_io import ensure_writable, save_npz
@@ -45,15 +54,21 @@ from nfhiql_core.data.ant_expert import AntExpert
 from nfhiql_core.data.oracles import DEFAULT_NOISE, PLAN_NOISE_SMOOTHING, ant_oracle_action, maze_oracle_action
 
 _MAZE_TYPES = ("navigate", "stitch")
-_CUBE_TYPES = ("play",)
+_PLAY_TYPES = ("play",)
 _MAZES = ("medium", "large", "giant", "teleport")
+_MANIPULATION = ("cube", "scene", "puzzle")  # OGBench's manipspace families
 SUPPORTED_ENVS: tuple[str, ...] = tuple(
     f"{agent}maze-{maze}-{kind}" for agent in ("point", "ant") for maze in _MAZES for kind in _MAZE_TYPES
-) + ("cube-single-play", "cube-double-play")
+) + ("cube-single-play", "cube-double-play", "scene-play", "puzzle-3x3-play")
 
 _DEFAULT_STEPS = {"navigate": 1001, "stitch": 201, "play": 1001}
 _STITCH_DISTANCE = 4  # BFS cells between start and goal in stitch episodes.
-_P_STACK_RANGE = {"cube-single-v0": (0.0, 0.0), "cube-double-v0": (0.0, 0.25)}
+_P_STACK_RANGE = {"cube-single-v0": (0.0, 0.0), "cube-double-v0": (0.0, 0.25)}  # others: 0.5
+# Scene health test on the cube's qpos (x, y, z at 14:17): y ≥ 0.29 is off the table's right; y ≤ −0.3 is
+# left of the table unless z is the drawer's height band.
+_SCENE_QPOS_CUBE = slice(14, 17)
+_SCENE_MAX_Y, _SCENE_MIN_Y, _SCENE_DRAWER_Z = 0.29, -0.3, (0.06, 0.08)
+_MAX_SCENE_ATTEMPTS = 100
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1))
 PROBE_EPISODES = 20  # expert datasets: the goal-reaching rate is checked on this many first episodes
 # A trained expert reaches its first goal in nearly every episode (a navigate episode's 1001 steps
@@ -68,7 +83,7 @@ class _Spec:
     """Everything a worker needs to roll out one kind of episode."""
 
     env_id: str  # gymnasium id, e.g. "pointmaze-medium-v0"
-    family: str  # "maze" (point), "ant" or "cube"
+    family: str  # "maze" (point), "ant", or a manipulation family: "cube", "scene", "puzzle"
     dataset_type: str
     max_episode_steps: int
     noise: float
@@ -131,14 +146,14 @@ def _resolve_spec(
     if name not in SUPPORTED_ENVS:
         raise ConfigError(f"datagen: unsupported env {env_name!r}; supported: {', '.join(SUPPORTED_ENVS)}")
     prefix, name_type = name.rsplit("-", 1)
-    family = {"pointmaze": "maze", "antmaze": "ant"}.get(prefix.split("-")[0], "cube")
+    family = {"pointmaze": "maze", "antmaze": "ant"}.get(prefix.split("-")[0], prefix.split("-")[0])
     if (family == "ant") != (expert is not None):
         raise ConfigError(f"datagen: {env_name}: " + ("needs --expert FILE (from `nfhiql expert ant`)"
                                                        if family == "ant" else "takes no --expert"))
     if expert is not None:
         AntExpert.load(expert)  # a bad file fails here, not in every worker
     kind = dataset_type or name_type
-    allowed = _CUBE_TYPES if family == "cube" else _MAZE_TYPES
+    allowed = _PLAY_TYPES if family in _MANIPULATION else _MAZE_TYPES
     if kind not in allowed:
         raise ConfigError(f"datagen: dataset_type {kind!r} not available for {prefix}; choose from {allowed}")
     steps = _DEFAULT_STEPS[kind] if max_episode_steps is None else max_episode_steps
@@ -170,7 +185,7 @@ def _episodes(spec: _Spec, seqs: Sequence[np.random.SeedSequence], workers: int)
 @functools.lru_cache(maxsize=1)
 def _make_env(env_id: str, family: str, max_episode_steps: int) -> gymnasium.Env:
     """Build (once per process) the env exactly as OGBench's generation scripts do."""
-    extra = {"mode": "data_collection"} if family == "cube" else {}
+    extra = {"mode": "data_collection"} if family in _MANIPULATION else {}
     return gymnasium.make(env_id, terminate_at_goal=False, max_episode_steps=max_episode_steps, **extra)
 
 
@@ -189,24 +204,29 @@ def _run_episode(spec: _Spec, seq: np.random.SeedSequence) -> _Episode:
     saved_state = np.random.get_state()
     np.random.seed(global_seed)  # OGBench's envs and oracles draw from the global numpy RNG.
     try:
-        rollout = _cube_episode if spec.family == "cube" else _maze_episode
+        rollout = _play_episode if spec.family in _MANIPULATION else _maze_episode
         return rollout(env, spec, rng, env_seed)
     finally:
         np.random.set_state(saved_state)
 
 
 class _Recorder:
-    """Accumulates (observation, action, terminal, qpos, qvel) rows in OGBench's raw layout."""
+    """Accumulates (observation, action, terminal, qpos, qvel[, button_states]) rows in OGBench's raw
+    layout; `button_states` (int64) only when `buttons`."""
 
-    def __init__(self) -> None:
+    def __init__(self, buttons: bool = False) -> None:
         self.rows: dict[str, list] = {k: [] for k in ("observations", "actions", "terminals", "qpos", "qvel")}
+        if buttons:
+            self.rows["button_states"] = []
 
     def add(self, ob: np.ndarray, action: np.ndarray, done: bool, info: dict) -> None:
-        for key, value in zip(self.rows, (ob, action, done, info["prev_qpos"], info["prev_qvel"])):
+        values = (ob, action, done, info["prev_qpos"], info["prev_qvel"], info.get("prev_button_states"))
+        for key, value in zip(self.rows, values):
             self.rows[key].append(value)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {key: np.asarray(values, dtype=np.float32) for key, values in self.rows.items()}
+        return {key: np.asarray(values, dtype=np.int64 if key == "button_states" else np.float32)
+                for key, values in self.rows.items()}
 
 
 def _maze_cells(maze_map: np.ndarray) -> tuple[list[Cell], list[Cell]]:
@@ -272,21 +292,50 @@ def _maze_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env
     return recorder.arrays(), goals
 
 
-def _cube_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> _Episode:
-    """Cube play episode: CubePlanOracle with correlated plan noise, a new target after each task."""
-    ob, info = env.reset(seed=env_seed)
-    p_stack = rng.uniform(*_P_STACK_RANGE[spec.env_id])
-    oracle = CubePlanOracle(env=env, noise=spec.noise, noise_smoothing=PLAN_NOISE_SMOOTHING)
-    oracle.reset(ob, info)
-    recorder, done, goals = _Recorder(), False, 0
-    while not done:
-        action = np.clip(np.asarray(oracle.select_action(ob, info)), -1.0, 1.0)
-        next_ob, _, terminated, truncated, info = env.step(action)
-        done = terminated or truncated
-        if oracle.done:
-            goals += 1
-            target_ob, target_info = env.unwrapped.set_new_target(p_stack=p_stack)
-            oracle.reset(target_ob, target_info)
-        recorder.add(ob, action, done, info)
-        ob = next_ob
-    return recorder.arrays(), goals
+def _plan_oracles(env: gymnasium.Env, family: str, noise: float) -> dict[str, PlanOracle]:
+    """OGBench's plan oracle for each target task the env can set (`privileged/target_task`)."""
+    kwargs = {"env": env, "noise": noise, "noise_smoothing": PLAN_NOISE_SMOOTHING}
+    if family == "cube":
+        return {"cube": CubePlanOracle(**kwargs)}
+    if family == "puzzle":
+        return {"button": ButtonPlanOracle(gripper_always_closed=True, **kwargs)}
+    return {"cube": CubePlanOracle(**kwargs), "button": ButtonPlanOracle(**kwargs),
+            "drawer": DrawerPlanOracle(**kwargs), "window": WindowPlanOracle(**kwargs)}
+
+
+def _scene_cube_stayed_visible(qpos: np.ndarray) -> bool:
+    """OGBench's scene health test: the cube never left the table, except into the drawer."""
+    x_y_z = qpos[:, _SCENE_QPOS_CUBE]
+    y, z = x_y_z[:, 1], x_y_z[:, 2]
+    off_left = (y <= _SCENE_MIN_Y) & ((z < _SCENE_DRAWER_Z[0]) | (z > _SCENE_DRAWER_Z[1]))
+    return not ((y >= _SCENE_MAX_Y).any() or off_left.any())
+
+
+def _play_episode(env: gymnasium.Env, spec: _Spec, rng: np.random.Generator, env_seed: int) -> _Episode:
+    """Manipulation play episode: the current target task's plan oracle, a new target after each task.
+
+    Scene episodes failing the health test are rolled out again, the env continuing its seeded stream.
+    """
+    oracles = _plan_oracles(env, spec.family, spec.noise)
+    buttons = hasattr(env.unwrapped, "_cur_button_states")
+    for attempt in range(_MAX_SCENE_ATTEMPTS):
+        ob, info = env.reset(seed=env_seed if attempt == 0 else None)
+        p_stack = rng.uniform(*_P_STACK_RANGE[spec.env_id]) if spec.env_id in _P_STACK_RANGE else 0.5
+        oracle = oracles[info["privileged/target_task"]]
+        oracle.reset(ob, info)
+        recorder, done, goals = _Recorder(buttons), False, 0
+        while not done:
+            action = np.clip(np.asarray(oracle.select_action(ob, info)), -1.0, 1.0)
+            next_ob, _, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            if oracle.done:
+                goals += 1
+                target_ob, target_info = env.unwrapped.set_new_target(p_stack=p_stack)
+                oracle = oracles[target_info["privileged/target_task"]]
+                oracle.reset(target_ob, target_info)
+            recorder.add(ob, action, done, info)
+            ob = next_ob
+        arrays = recorder.arrays()
+        if spec.family != "scene" or _scene_cube_stayed_visible(arrays["qpos"]):
+            return arrays, goals
+    raise RuntimeError(f"datagen {spec.env_id}: {_MAX_SCENE_ATTEMPTS} scene episodes in a row failed the health test")

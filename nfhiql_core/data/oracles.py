@@ -14,8 +14,8 @@ from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 from nfhiql_core.data.ant_expert import AntExpert, expert_observation
 from nfhiql_core.errors import ConfigError
 
-DEFAULT_NOISE = {"maze": 0.5, "ant": 0.2, "cube": 0.1}  # OGBench's data-generation noise per env family
-PLAN_NOISE_SMOOTHING = 0.5  # cube plans: temporal smoothing of the plan noise
+DEFAULT_NOISE = {"maze": 0.5, "ant": 0.2, "cube": 0.1, "scene": 0.1, "puzzle": 0.1}  # OGBench's data-generation noise per env family
+PLAN_NOISE_SMOOTHING = 0.5  # manipulation plans: temporal smoothing of the plan noise
 # ogbench's CubeEnv.compute_observation: positions are (xyz - center) * 10, gripper opening * 3.
 _XYZ_CENTER, _XYZ_SCALE, _GRIPPER_SCALE = np.array([0.425, 0.0, 0.0]), 10.0, 3.0
 _CUBE_SINGLE_DIM = 28  # proprio (19) + one cube (position 3, quaternion 4, yaw cos/sin 2)
