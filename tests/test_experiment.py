@@ -327,3 +327,19 @@ def test_shipped_recipe_ablation_changes_one_thing_per_row(tmp_path, monkeypatch
     adopted = adopt_results(moved, root / "docs" / "experiments" / "cpu-grid" / "results.json")
     assert sorted(adopted) == sorted(f"cube-single-play/{p}-frac1-seed{s}" for p in ("flow", "gaussian")
                                      for s in (0, 1, 2))
+
+
+def test_shipped_manipulation_grid_runs_the_cube_v2_recipe_on_each_task(monkeypatch):
+    """config/experiments/manipulation-cpu.yaml: scene, puzzle-3x3 and cube-double with the cube-v2 row's agent
+    and budget; only the env, the data and the episodes per evaluation differ."""
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    cells = grid_cells(load_experiment_config("config/experiments/manipulation-cpu.yaml"))
+    ablation = grid_cells(load_experiment_config("config/experiments/recipe-ablation.yaml"))
+    v2 = {c.policy: c.recipe for c in ablation if c.task == "cube-v2" and c.data_fraction == 1.0}
+    assert {c.task for c in cells} == {"scene-play", "puzzle-3x3-play", "cube-double-play"} and len(cells) == 12
+    for c in cells:
+        assert c.recipe.env == c.task and c.recipe.dataset.path == f"data/{c.task}-v0.npz"
+        assert to_dict(c.recipe.agent) == to_dict(v2[c.policy].agent)
+        train, reference = to_dict(c.recipe.train), to_dict(v2[c.policy].train)
+        assert {k for k in train if train[k] != reference[k]} == {"eval_episodes"} and train["eval_episodes"] == 20
