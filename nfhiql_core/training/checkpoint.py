@@ -81,17 +81,24 @@ def save_checkpoint(path: str | Path, agent: HIQLAgent, config: Any, step: int,
         torch.save(state, f)
 
 
+def read_state(path: Path, fmt: str, what: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The state dict saved at `path` (tensors only, no pickled code) if its `format` field is `fmt`;
+    CheckpointError (one line naming the file and `what` it should be) otherwise."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointError(f"{path}: not {what} (format field is not {fmt!r})")
+    return state
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint written by `save_checkpoint`; CheckpointError (one line) if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an nfhiql checkpoint (format field is not {FORMAT!r})")
+    state = read_state(path, FORMAT, "an nfhiql checkpoint", map_location)
     return Checkpoint(**{k: state[k] for k in Checkpoint.__dataclass_fields__ if k in state})
 
 

@@ -34,7 +34,7 @@ from nfhiql_core.config import apply_overrides, from_dict, load_yaml, to_dict
 from nfhiql_core.data.ant_expert import AntExpert, save_expert
 from nfhiql_core.errors import ConfigError
 from nfhiql_core.training.ant_xy import ENV_NAME, AntXYConfig, DirectionalAnt
-from nfhiql_core.training.checkpoint import CheckpointError
+from nfhiql_core.training.checkpoint import read_state
 from nfhiql_core.training.metrics import MetricsLogger
 from nfhiql_core.training.replay import ReplayBuffer
 from nfhiql_core.training.train import CHECKPOINT_NAME, check_run_dir, prepare_run_dir, resolve_device
@@ -204,12 +204,7 @@ def _save(path: Path, config: ExpertConfig, step: int, agent: SACAgent, buffer: 
 def _restore(path: Path, config: ExpertConfig, agent: SACAgent, buffer: ReplayBuffer, env: DirectionalAnt,
              rng: np.random.Generator, device: torch.device) -> tuple[int, dict[str, float]]:
     """Load a checkpoint into the run's objects; returns (step, last finished episode's stats)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an expert checkpoint (format field is not {FORMAT!r})")
+    state = read_state(path, FORMAT, "an expert checkpoint", device)
     saved, current = state["config"], to_dict(config)
     for key in ("seed", "env", "sac"):
         if saved[key] != current[key]:
