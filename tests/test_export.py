@@ -72,6 +72,8 @@ def test_metadata_complete(policy: str, space: str) -> None:
     assert set(meta.parity.max_abs_diff) == {"high.subgoal", "high.log_prob", "low.action", "low.log_prob",
                                              "value.value"}
     assert max(meta.parity.max_abs_diff.values()) <= 1e-5
+    assert meta.parity.rtol == export_module.PARITY_RTOL and meta.parity.output_magnitude.keys() == \
+        meta.parity.max_abs_diff.keys() and min(meta.parity.output_magnitude.values()) > 0
     raw = json.loads((bundle_dir / "bundle.json").read_text())
     assert raw["source_checkpoint"]["path"] == checkpoint.name  # no machine's path in a bundle
     assert raw["value"] == {"file": "value.onnx", "sha256": meta.value.sha256, "inputs": ["observation", "goal"],
@@ -193,7 +195,10 @@ def test_export_of_ema_policies_with_the_new_flow_options(tmp_path) -> None:
     checkpoint = tmp_path / "ema.pt"
     recipe = TrainConfig(run_dir="unused", dataset=DatasetConfig(path="unused.npz"), agent=agent_config)
     save_checkpoint(checkpoint, agent, recipe, 7, np.random.default_rng(0))
-    export_bundle(checkpoint, tmp_path / "bundle", control_period_s=0.1)
+    parity = export_bundle(checkpoint, tmp_path / "bundle", control_period_s=0.1).parity
+    for name, diff in parity.max_abs_diff.items():  # within the check, and a bug's 1e-3 of the magnitude is not
+        tolerance = parity.atol + parity.rtol * parity.output_magnitude[name] + 2 * parity.torch_float32_error[name]
+        assert diff <= tolerance < 1e-3 * parity.output_magnitude[name], name
 
     runtime = PolicyRuntime(tmp_path / "bundle", ["CPUExecutionProvider"])
     obs, goals, z = (torch.randn(5, 2) for _ in range(3))

@@ -82,15 +82,18 @@ class ParityReport:
     """Export-time check of ORT against torch over batch sizes × {z = 0, z ~ N(0, I)}.
 
     Keys are 'high.subgoal', 'high.log_prob', 'low.action', 'low.log_prob' (and 'value.value' with a
-    value model). `max_abs_diff` is
-    max |ORT − torch float32|, `torch_float32_error` is max |torch float32 − torch float64| on the
-    same inputs; the check passed: max_abs_diff ≤ atol + 2 · torch_float32_error for every output.
+    value model). `max_abs_diff` is max |ORT − torch float32|, `torch_float32_error` is
+    max |torch float32 − torch float64| and `output_magnitude` max |torch float64| on the same inputs;
+    the check passed: max_abs_diff ≤ atol + rtol · output_magnitude + 2 · torch_float32_error for
+    every output.
     """
 
     atol: float
     batch_sizes: tuple[int, ...]
     max_abs_diff: dict[str, float]
     torch_float32_error: dict[str, float]
+    rtol: float = 0.0  # bundles exported before the relative term passed with none
+    output_magnitude: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
