@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from nfhiql_core.analysis.experiment import (
     adopt_results,
     cell_result,
     grid_cells,
+    idle_core_shares,
     load_experiment_config,
     run_experiment,
     write_report,
@@ -219,6 +221,14 @@ def test_scoring_needs_enough_evaluations(tmp_path):
         cell_result(cell, 2)
 
 
+def test_idle_cores_go_to_the_runs_still_training():
+    assert idle_core_shares({"a": 1}, 2) == {"a": 2}
+    assert idle_core_shares({"a": 1, "b": 1}, 16) == {"a": 8, "b": 8}
+    assert idle_core_shares({"a": 1, "b": 2, "c": 3}, 6) == {"a": 2}  # never fewer than a run has
+    assert idle_core_shares({"a": 0}, 8) == {}  # torch's default already uses every core
+    assert idle_core_shares({"a": 1, "b": 1}, 2) == {} and idle_core_shares({}, 2) == {}
+
+
 def test_real_grid_trains_scores_and_resumes(tmp_path, capsys):
     path = write_grid(tmp_path, steps=20)
     assert main(["experiment", str(path), "--quiet"]) == 0
@@ -231,6 +241,8 @@ def test_real_grid_trains_scores_and_resumes(tmp_path, capsys):
         assert result["success"] == pytest.approx(np.mean([r["success"] for r in evals]))
         assert result["evaluated_steps"] == [10, 20] and result["steps"] == 20
         assert result["dataset_sha256"] == sha256_file(tmp_path / "walk.npz")
+        # jobs 2: whichever run finishes first hands its core to the other, if that one is still training
+        assert result["threads"] == 1 and result["threads_raised_to"] in (None, len(os.sched_getaffinity(0)))
     assert "| flow | gaussian |" in capsys.readouterr().out
 
     # Extend the budget: finished results are re-scored only for cells that run again. Dropping

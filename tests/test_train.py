@@ -22,7 +22,14 @@ from nfhiql_core.data.convert import convert_npz
 from nfhiql_core.errors import ConfigError, DatasetError, OutputExistsError
 from nfhiql_core.training.checkpoint import load_checkpoint
 from nfhiql_core.training.metrics import read_csv
-from nfhiql_core.training.train import DATASET_RECORD, TrainConfig, load_train_config, train
+from nfhiql_core.training.train import (
+    DATASET_RECORD,
+    THREADS_APPLIED,
+    THREADS_REQUEST,
+    TrainConfig,
+    load_train_config,
+    train,
+)
 
 LOSS_COLUMNS = ("value/loss", "low_actor/loss", "high_actor/loss", "loss")
 SCHEDULE_AND_EMA = ("agent.lr_schedule=cosine", "agent.lr_warmup_steps=5", "agent.lr_final_fraction=0.1",
@@ -104,6 +111,22 @@ def test_clean_resume_is_bitwise_identical(setup, tmp_path):
     steps = [r["step"] for r in read_csv(run_b / "train.csv")]
     assert steps == list(range(5, 41, 5))  # each step exactly once
     assert_same_losses(run_a / "train.csv", run_b / "train.csv")
+
+
+def test_a_thread_request_in_the_run_dir_raises_torch_threads_at_the_next_log_step(setup, tmp_path, capsys):
+    """How the grid hands a finished run's cores to a running one; the request is acknowledged by renaming."""
+    recipe, _ = setup
+    run = tmp_path / "R"
+    train(config(recipe, run, "train.steps=10"), progress=False)
+    before = torch.get_num_threads()
+    (run / THREADS_REQUEST).write_text(str(before + 1))
+    try:
+        train(config(recipe, run, "train.steps=20"), resume=True, progress=False)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+    assert not (run / THREADS_REQUEST).exists() and (run / THREADS_APPLIED).read_text() == str(before + 1)
+    assert f"torch threads raised to {before + 1}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("reference, overrides", [("setup", ()), ("scheduled", SCHEDULE_AND_EMA)])

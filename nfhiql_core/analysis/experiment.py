@@ -6,7 +6,9 @@ recipe on the same env (e.g. config/experiments/recipe-ablation.yaml), and it ma
 grid's policies. Each cell is an ordinary `nfhiql train` run in its own directory, started as a
 subprocess (`jobs` at a time) with `--resume`, so a killed grid continues where it stopped:
 finished cells (those with a `result.json`) are skipped, interrupted ones resume from their last
-checkpoint. Each cell's success follows OGBench's protocol: the mean of its last `final_evals`
+checkpoint. Once no cell waits, the cores of finished cells go to those still training (`share_idle_cores`:
+their torch threads are raised through the run directory, see `training.train.THREADS_REQUEST`). Each
+cell's success follows OGBench's protocol: the mean of its last `final_evals`
 periodic evaluations (5 tasks × eval_episodes each). The report aggregates seeds (mean ± sample
 std), the data-fraction retention, and the budget (steps, batch, nets, wall time, device), and
 writes `results.md`, `results.json`, `curves.png` (learning curves with seed spread) and
@@ -25,7 +27,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence, TypeVar
 
 import numpy as np
 import yaml
@@ -37,7 +39,14 @@ from nfhiql_core.atomic_io import atomic_open, save_json
 from nfhiql_core.config import from_dict, load_yaml, to_dict
 from nfhiql_core.errors import ConfigError, NfhiqlError
 from nfhiql_core.training.metrics import read_csv
-from nfhiql_core.training.train import DATASET_RECORD, LoopConfig, TrainConfig, load_train_config
+from nfhiql_core.training.train import (
+    DATASET_RECORD,
+    THREADS_APPLIED,
+    THREADS_REQUEST,
+    LoopConfig,
+    TrainConfig,
+    load_train_config,
+)
 
 RESULT_NAME = "result.json"
 
@@ -65,6 +74,9 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     final_evals: int = 3  # success of a run = mean of its last `final_evals` evaluations
     jobs: int = 1  # runs trained at the same time (each uses the recipe's train.threads)
+    # Once no run waits, the cores of finished runs go to those still training: their train.threads
+    # (where set) is raised to cores / runs left at their next log step. Off: every run keeps its recipe's.
+    share_idle_cores: bool = True
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -153,11 +165,23 @@ def run_experiment(config: ExperimentConfig, jobs: int | None = None, progress: 
     (out / "recipes").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
-    report_lock = threading.Lock()
+    report_lock, pool_lock = threading.Lock(), threading.Lock()
+    running: dict[Cell, int] = {}  # cell → the threads it trains with
+    waiting = [len(todo)]
     with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="run",
               disable=not progress, dynamic_ncols=True) as bar:
         def work(cell: Cell) -> None:
+            with pool_lock:
+                waiting[0] -= 1
+                running[cell] = cell.recipe.train.threads
             error = _run_cell(cell, config.final_evals, out)
+            with pool_lock:
+                del running[cell]
+                if config.share_idle_cores and not waiting[0]:
+                    for other, threads in idle_core_shares(running, _cores()).items():
+                        running[other] = threads
+                        with atomic_open(other.run_dir / THREADS_REQUEST, "w") as f:
+                            f.write(str(threads))
             if error:
                 failures.append(error)
                 tqdm.write(f"FAILED {error}")
@@ -182,6 +206,8 @@ def _run_cell(cell: Cell, final_evals: int, out: Path) -> str | None:
     with atomic_open(recipe_path, "w") as f:
         yaml.safe_dump(to_dict(cell.recipe), f, sort_keys=False)
     log_path = out / "logs" / f"{name}.log"
+    for stale in (THREADS_REQUEST, THREADS_APPLIED):  # left by an earlier grid: this one decides anew
+        (cell.run_dir / stale).unlink(missing_ok=True)
     command = [sys.executable, "-m", "nfhiql_core.cli", "train", "--config", str(recipe_path), "--resume", "--quiet"]
     with log_path.open("a") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
@@ -192,6 +218,22 @@ def _run_cell(cell: Cell, final_evals: int, out: Path) -> str | None:
     except NfhiqlError as exc:
         return str(exc)
     return None
+
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+def idle_core_shares(threads: dict[Key, int], cores: int) -> dict[Key, int]:
+    """The raised thread counts of the runs still training (`threads`: each run's count) once no run
+    waits: `cores` split evenly over them, for runs that set train.threads (0, torch's default of all
+    cores, is left alone) and only where that is more than they have."""
+    share = cores // max(len(threads), 1)
+    return {key: share for key, n in threads.items() if 0 < n < share}
+
+
+def _cores() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
@@ -212,8 +254,15 @@ def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
         "curve": [{"step": int(r["step"]), "success": float(r["success"])} for r in rows],
         "train_wall_s": _train_seconds(cell.run_dir / "train.csv", loop.log_interval),
         "device": _device_name(loop.device), "threads": loop.threads,
+        "threads_raised_to": _threads_raised_to(cell.run_dir),
         "dataset_sha256": _dataset_sha256(cell.run_dir),
     }
+
+
+def _threads_raised_to(run_dir: Path) -> int | None:
+    """The thread count the run took from the grid (`share_idle_cores`) while training, None if it kept its own."""
+    applied = run_dir / THREADS_APPLIED
+    return int(applied.read_text()) if applied.exists() else None
 
 
 def _dataset_sha256(run_dir: Path) -> str | None:

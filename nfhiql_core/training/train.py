@@ -28,6 +28,11 @@ from nfhiql_core.training.metrics import MetricsLogger
 
 CHECKPOINT_NAME = "checkpoint.pt"
 DATASET_RECORD = "dataset.json"  # {"path", "sha256"} of the dataset a run was trained on (`dataset_sha256`)
+# A thread count written here while a single-process run trains raises its torch threads at the next log
+# step (never lowers them); the run then renames it to THREADS_APPLIED. The grid runner uses it to hand the
+# cores of finished runs to those still training.
+THREADS_REQUEST = "threads.request"
+THREADS_APPLIED = "threads.applied"
 # Sampler knobs that live in the agent section (one home each).
 _SAMPLER_KEYS_FROM_AGENT = ("discount", "subgoal_steps")
 
@@ -182,6 +187,8 @@ def _train_loop(agent: HIQLAgent, forward: nn.Module, sampler: HierarchicalGoalS
         info = agent.update(agent.batch_to_tensors(sampler.sample(shard, rng)), forward)
         bar.update(1)
         if step % loop.log_interval == 0:
+            if world.size == 1:
+                _apply_threads_request(Path(config.run_dir))
             values = world.mean(info)
             if metrics is not None:
                 now = time.perf_counter()
@@ -199,6 +206,19 @@ def _train_loop(agent: HIQLAgent, forward: nn.Module, sampler: HierarchicalGoalS
     bar.close()
     if metrics is not None:
         metrics.close()
+
+
+def _apply_threads_request(run_dir: Path) -> None:
+    """Raise torch's intra-op threads to the count in `run_dir`/THREADS_REQUEST, if there is one."""
+    request = run_dir / THREADS_REQUEST
+    try:
+        wanted = int(request.read_text())
+    except (OSError, ValueError):  # none, or torn mid-write: the next log step reads it again
+        return
+    if wanted > torch.get_num_threads():
+        torch.set_num_threads(wanted)
+        tqdm.write(f"torch threads raised to {wanted} ({request})")
+    request.replace(run_dir / THREADS_APPLIED)
 
 
 def check_run_dir(run_dir: Path, resume: bool, force: bool) -> bool:
