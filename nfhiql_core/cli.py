@@ -162,8 +162,9 @@ def _report_eval(args: argparse.Namespace, result: "EvalResult", step: int, **ex
 def _export(args: argparse.Namespace) -> None:
     from nfhiql_core.training.export import export_bundle
 
+    tolerances = {name: value for name, value in (("atol", args.atol), ("rtol", args.rtol)) if value is not None}
     meta = export_bundle(args.checkpoint, args.output, env=args.env, control_period_s=args.control_period,
-                         force=args.force, atol=args.atol, rtol=args.rtol, interface=args.interface)
+                         force=args.force, interface=args.interface, **tolerances)
     print(json.dumps({"bundle": args.output, "env": meta.env, "step": meta.step, "policy": meta.policy,
                       "subgoal_space": meta.subgoal_space, "control_period_s": meta.control_period_s,
                       "parity_max_abs_diff": meta.parity.max_abs_diff,
@@ -370,9 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="bundle directory")
     p.add_argument("--env", default=None, help="default: the env in the checkpoint's recipe")
     p.add_argument("--control-period", type=float, default=None, help="seconds (default: the env's)")
-    p.add_argument("--atol", type=float, default=1e-5, help="ORT vs torch parity tolerance, absolute")
-    p.add_argument("--rtol", type=float, default=1e-5, help="ORT vs torch parity tolerance, times the output's "
-                   "largest magnitude")
+    p.add_argument("--atol", type=float, default=None, help="ORT vs torch parity tolerance, absolute (default: "
+                   "training.export.PARITY_ATOL)")
+    p.add_argument("--rtol", type=float, default=None, help="ORT vs torch parity tolerance, times the output's "
+                   "largest magnitude (default: training.export.PARITY_RTOL)")
     p.add_argument("--force", action="store_true", help="replace a non-empty bundle directory")
     p.add_argument("--interface", default=None, help="robot interface spec to embed (default: the training data's "
                    "bag2data spec, else the env's in config/robots/)")

@@ -168,6 +168,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return train(load_train_config(recipe), progress=False)
 
 
+def test_export_cli_passes_the_parity_tolerances_given_and_the_exporters_otherwise(tiny_checkpoint, tmp_path):
+    from nfhiql_core.training.export import PARITY_ATOL, PARITY_RTOL
+
+    for name, options, expected in (("default", [], (PARITY_ATOL, PARITY_RTOL)),
+                                    ("given", ["--atol", "2e-5", "--rtol", "0"], (2e-5, 0.0))):
+        assert main(["export", str(tiny_checkpoint), "-o", str(tmp_path / name), "--control-period", "0.1",
+                     *options]) == 0
+        parity = json.loads((tmp_path / name / "bundle.json").read_text())["parity"]
+        assert (parity["atol"], parity["rtol"]) == expected
+
+
 def test_eval_without_env_asks_for_one(tiny_checkpoint, capsys):
     assert main(["eval", str(tiny_checkpoint), "--quiet"]) == 2
     assert_one_line_error(capsys.readouterr().err, str(tiny_checkpoint), "--env")

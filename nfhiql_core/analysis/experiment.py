@@ -206,8 +206,7 @@ def _run_cell(cell: Cell, final_evals: int, out: Path) -> str | None:
     with atomic_open(recipe_path, "w") as f:
         yaml.safe_dump(to_dict(cell.recipe), f, sort_keys=False)
     log_path = out / "logs" / f"{name}.log"
-    for stale in (THREADS_REQUEST, THREADS_APPLIED):  # left by an earlier grid: this one decides anew
-        (cell.run_dir / stale).unlink(missing_ok=True)
+    (cell.run_dir / THREADS_REQUEST).unlink(missing_ok=True)  # unread, from an earlier grid: this one decides anew
     command = [sys.executable, "-m", "nfhiql_core.cli", "train", "--config", str(recipe_path), "--resume", "--quiet"]
     with log_path.open("a") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()).returncode
@@ -260,7 +259,7 @@ def cell_result(cell: Cell, final_evals: int) -> dict[str, Any]:
 
 
 def _threads_raised_to(run_dir: Path) -> int | None:
-    """The thread count the run took from the grid (`share_idle_cores`) while training, None if it kept its own."""
+    """The last thread count the run took from a grid (`share_idle_cores`) while training, None if it kept its own."""
     applied = run_dir / THREADS_APPLIED
     return int(applied.read_text()) if applied.exists() else None
 
