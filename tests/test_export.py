@@ -71,7 +71,10 @@ def test_metadata_complete(policy: str, space: str) -> None:
     assert meta.parity.batch_sizes == (1, 7, 64)
     assert set(meta.parity.max_abs_diff) == {"high.subgoal", "high.log_prob", "low.action", "low.log_prob",
                                              "value.value"}
-    assert max(meta.parity.max_abs_diff.values()) <= 1e-5
+    parity = meta.parity
+    for key, diff in parity.max_abs_diff.items():  # the recorded numbers pass the recorded check
+        assert diff <= parity.atol + parity.rtol * parity.output_magnitude[key] + 2 * parity.torch_float32_error[key]
+    assert max(parity.max_abs_diff.values()) <= 1e-4  # outputs of magnitude ≤ 10: float32 rounding, no more
     assert meta.parity.rtol == export_module.PARITY_RTOL and meta.parity.output_magnitude.keys() == \
         meta.parity.max_abs_diff.keys() and min(meta.parity.output_magnitude.values()) > 0
     raw = json.loads((bundle_dir / "bundle.json").read_text())

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from nfhiql_core.algo.flows import ConditionalRealNVP, PLULinear, standard_normal_log_prob
+from nfhiql_core.algo.flows import ConditionalRealNVP, PLULinear, plu_matrices, standard_normal_log_prob
 from nfhiql_core.algo.policies import FlowPolicy, GaussianPolicy
 
 
@@ -57,16 +57,25 @@ def test_log_prob_is_a_normalised_density_in_2d():
     assert mass == pytest.approx(1.0, abs=0.02)
 
 
-def test_plu_linear_inverse_and_log_det():
+def test_plu_matrices_invert_each_other_and_give_the_log_det():
     torch.manual_seed(0)
-    layer = PLULinear(6)
+    layers = [PLULinear(6) for _ in range(3)]
     with torch.no_grad():
-        layer.lower.add_(0.3 * torch.randn(6, 6))
-        layer.log_abs_diag.add_(0.3 * torch.randn(6))
-    y = torch.randn(32, 6)
-    assert torch.allclose(layer(layer.inverse(y)), y, atol=1e-5)
-    _, log_abs_det = torch.linalg.slogdet(layer.weight())
-    assert layer.log_abs_det().item() == pytest.approx(log_abs_det.item(), abs=1e-5)
+        for layer in layers:
+            layer.lower.add_(0.3 * torch.randn(6, 6))  # the upper triangle must be masked out
+            layer.log_abs_diag.add_(0.3 * torch.randn(6))
+    weights, log_det = plu_matrices(layers)
+    inverses, inverse_log_det = plu_matrices(layers, inverse=True)
+    assert weights.shape == inverses.shape == (3, 6, 6)
+    for layer, weight, inverse in zip(layers, weights, inverses):
+        assert torch.equal(layer.weight(), weight)
+        assert torch.allclose(weight @ inverse, torch.eye(6), atol=1e-5)
+        lower = torch.tril(layer.lower, -1) + torch.eye(6)
+        upper = torch.triu(layer.upper, 1) + torch.diag(layer.diag_sign * layer.log_abs_diag.exp())
+        assert torch.allclose(weight, layer.perm @ lower @ upper, atol=1e-6)
+    assert torch.equal(log_det, inverse_log_det)
+    assert log_det.item() == pytest.approx(sum(torch.linalg.slogdet(w)[1].item() for w in weights), abs=1e-5)
+    assert log_det.item() == pytest.approx(sum(layer.log_abs_det().item() for layer in layers), abs=1e-6)
 
 
 def two_mode_samples(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -49,6 +49,7 @@ def test_bench_train_reports_both_policies(tmp_path, capsys):
     path.write_text(yaml.safe_dump(recipe))
     rows = bench_train([str(path)], steps=3, warmup=1, device="cpu")
     assert [r["policy"] for r in rows] == ["flow", "gaussian"]
-    assert all(r["steps_per_s"] > 0 for r in rows)
+    assert all(r["steps_per_s"] > 0 and r["cpu_ms_per_step"] > 0 for r in rows)
     assert all(r["dataset"] == synthetic_dataset().source for r in rows)
-    assert "steps/s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "steps/s" in out and "cpu ms" in out and "(CPU time: " in out

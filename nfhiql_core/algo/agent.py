@@ -153,7 +153,10 @@ class HIQLAgent(nn.Module):
         self.low_actor = self._make_policy(obs_dim + self.subgoal_dim, action_dim)
         self.ema_actors = None if c.policy_ema == 0.0 else nn.ModuleDict(
             {"high": copy.deepcopy(self.high_actor), "low": copy.deepcopy(self.low_actor)}).requires_grad_(False)
-        self.optimizer = OPTIMIZERS[c.optimizer](self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        # foreach: each update phase as one multi-tensor op over all parameters, not a Python loop over them
+        # (the flows have ~150 small tensors); bit-exact across a checkpoint resume like the loop
+        self.optimizer = OPTIMIZERS[c.optimizer](self.trainable_parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                                                 foreach=True)
         self.scheduler = None
         if c.lr_scheduled:
             if total_steps is None:

@@ -4,7 +4,7 @@ The flow is a map x = g(z; c) from a standard-normal base z to the data x. Each 
 an affine coupling and then an invertible linear mixing W = P·L·(U + diag(d)):
 
     sampling   (z -> x):  h2 = u2·exp(s(u1, c)) + t(u1, c);  y = W·h           (plain matmuls: exports to ONNX)
-    density    (x -> z):  h = W⁻¹·y (two triangular solves);  u2 = (h2 − t)·exp(−s)
+    density    (x -> z):  h = W⁻¹·y (W⁻¹ by triangular solves);  u2 = (h2 − t)·exp(−s)
 
 log p(x | c) = log N(z; 0, I) − Σ_blocks (Σ s + Σ log|d|). Log-scales are bounded with
 `max_log_scale · tanh(raw / max_log_scale)` so exp() cannot overflow. By default the coupling nets
@@ -23,10 +23,11 @@ from nfhiql_core.algo.networks import MLP
 
 
 class PLULinear(nn.Module):
-    """Invertible linear map W = P·L·(U + diag(d)) with a fixed permutation P.
+    """Parameters of an invertible linear map W = P·L·(U + diag(d)) with a fixed permutation P.
 
     L is unit lower-triangular, U strictly upper-triangular; log|det W| = Σ log|d|.
-    Initialised from a random orthogonal matrix (seeded by the caller's torch RNG).
+    Initialised from a random orthogonal matrix (seeded by the caller's torch RNG). A flow builds
+    all its blocks' matrices at once with `plu_matrices`.
     """
 
     def __init__(self, dim: int):
@@ -42,30 +43,35 @@ class PLULinear(nn.Module):
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_abs_diag = nn.Parameter(torch.log(torch.abs(diag)))
 
-    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        lower = self.lower * self.lower_mask + self.eye
-        upper = torch.triu(self.upper, 1) + torch.diag(self.diag_sign * torch.exp(self.log_abs_diag))
-        return lower, upper
-
     def weight(self) -> torch.Tensor:
         """The dense matrix W."""
-        lower, upper = self._factors()
-        return self.perm @ lower @ upper
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """y = W·h for a batch of row vectors."""
-        return h @ self.weight().T
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """h = W⁻¹·y via two triangular solves."""
-        lower, upper = self._factors()
-        rhs = (y @ self.perm).T  # P⁻¹ = Pᵀ; (Pᵀ y) as column vectors
-        v = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
-        return torch.linalg.solve_triangular(upper, v, upper=True).T
+        return plu_matrices([self])[0][0]
 
     def log_abs_det(self) -> torch.Tensor:
         """log|det W| (a scalar)."""
         return self.log_abs_diag.sum()
+
+
+def plu_matrices(mixings: Sequence[PLULinear], inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_k or W_k⁻¹ stacked as (K, dim, dim), Σ_k log|det W_k|) for K same-sized `mixings`.
+
+    One batched pass for all K: the per-block factor algebra and triangular solves would otherwise be
+    repeated K times per call, and in training each call is forward and backward. W⁻¹ = U⁻¹·L⁻¹·Pᵀ
+    comes from two batched triangular solves against Pᵀ, so the density direction applies each block
+    as one matmul.
+    """
+    first = mixings[0]
+    log_abs_diag = torch.stack([m.log_abs_diag for m in mixings])
+    lower = torch.stack([m.lower for m in mixings]) * first.lower_mask + first.eye
+    diag = torch.stack([m.diag_sign for m in mixings]) * torch.exp(log_abs_diag)
+    upper = torch.triu(torch.stack([m.upper for m in mixings]), 1) + first.eye * diag.unsqueeze(-2)
+    perm = torch.stack([m.perm for m in mixings])
+    if inverse:
+        v = torch.linalg.solve_triangular(lower, perm.transpose(-1, -2), upper=False, unitriangular=True)
+        matrices = torch.linalg.solve_triangular(upper, v, upper=True)
+    else:
+        matrices = perm @ lower @ upper
+    return matrices, log_abs_diag.sum()
 
 
 class AffineCoupling(nn.Module):
@@ -116,22 +122,23 @@ class ConditionalRealNVP(nn.Module):
 
     def sample_with_log_prob(self, context: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x = g(z; context) and the exact log p(x | context); z = 0 gives a deterministic, mode-like x."""
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        weights, mixing_log_det = plu_matrices(self.mixings)
+        log_det = mixing_log_det
         x = z
-        for coupling, mixing in zip(self.couplings, self.mixings):
+        for coupling, weight in zip(self.couplings, weights):
             x, s_sum = coupling(x, context)
-            x = mixing(x)
-            log_det = log_det + s_sum + mixing.log_abs_det()
+            x = x @ weight.T
+            log_det = log_det + s_sum
         return x, standard_normal_log_prob(z) - log_det
 
     def inverse(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z = g⁻¹(x; context) and log|det ∂z/∂x| per sample."""
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        inverses, mixing_log_det = plu_matrices(self.mixings, inverse=True)
+        log_det = -mixing_log_det
         z = x
-        for coupling, mixing in zip(reversed(self.couplings), reversed(self.mixings)):
-            z = mixing.inverse(z)
-            z, s_sum = coupling.inverse(z, context)
-            log_det = log_det - s_sum - mixing.log_abs_det()
+        for coupling, weight_inverse in zip(reversed(self.couplings), inverses.flip(0)):
+            z, s_sum = coupling.inverse(z @ weight_inverse.T, context)
+            log_det = log_det - s_sum
         return z, log_det
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,11 @@ def synthetic_dataset(obs_dim: int = 2, action_dim: int = 2, trajectories: int =
 
 
 def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int, device: torch.device,
-                 world: World = World()) -> float:
-    """Seconds per training step, averaged over `steps` after `warmup` untimed steps (this rank's shard of
-    each global batch under DDP, in a process group `world` has joined)."""
+                 world: World = World()) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) per training step, averaged over `steps` after `warmup`
+    untimed steps (this rank's shard of each global batch under DDP, in a process group `world` has joined).
+    CPU time counts all the process's threads and none of the time it waited for a core, so on a machine
+    that other jobs share it is the steadier measure of a CPU step's cost."""
     torch.manual_seed(config.seed)
     sampler = HierarchicalGoalSampler(dataset, config.sampler_config())
     agent = HIQLAgent(config.agent, dataset.obs_dim, dataset.action_dim, config.train.steps).to(device)
@@ -50,11 +52,11 @@ def time_updates(config: TrainConfig, dataset: Dataset, steps: int, warmup: int,
     for _ in range(warmup):
         step()
     _synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     _synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
 
 def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, threads: int = 0,
@@ -71,7 +73,7 @@ def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, t
         say(f"device {dev} ({bf16_capability(dev)}), torch {torch.__version__}, threads {torch.get_num_threads()} "
             f"× {world.size} process(es), {steps} timed steps after {warmup} warm-up")
         say(f"{'recipe':<34} {'dtype':<13} {'policy':<9} {'procs':>5} {'batch':>5} {'actor/value MLP':>17} "
-            f"{'steps/s':>8} {'ms/step':>8}")
+            f"{'steps/s':>8} {'ms/step':>8} {'cpu ms':>8}")
         rows = []
         for path in config_paths:
             config = load_train_config(path)
@@ -79,22 +81,24 @@ def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, t
             for dtype, policy in itertools.product(compute_dtypes, ("flow", "gaussian")):
                 agent = dataclasses.replace(config.agent, policy=policy, compute_dtype=dtype)
                 cfg = dataclasses.replace(config, agent=agent)
-                seconds = time_updates(cfg, dataset, steps, warmup, dev, world)
+                seconds, cpu_seconds = time_updates(cfg, dataset, steps, warmup, dev, world)
                 ran = "float32" if autocast_dtype(dtype, dev) is None else "bfloat16"
                 row = {"recipe": Path(path).stem, "compute_dtype": dtype, "ran_as": ran, "policy": policy,
                        "processes": world.size,
                        "batch_size": cfg.train.batch_size,
                        "actor_hidden_dims": list(cfg.agent.actor_hidden_dims),
                        "value_hidden_dims": list(cfg.agent.value_hidden_dims),
-                       "steps_per_s": 1.0 / seconds, "dataset": dataset.source}
+                       "steps_per_s": 1.0 / seconds, "cpu_ms_per_step": 1000 * cpu_seconds,
+                       "dataset": dataset.source}
                 rows.append(row)
                 nets = f"{_dims(cfg.agent.actor_hidden_dims)}/{_dims(cfg.agent.value_hidden_dims)}"
                 shown = dtype if dtype == ran else f"{dtype}→{ran}"
                 say(f"{row['recipe']:<34} {shown:<13} {policy:<9} {world.size:>5} {row['batch_size']:>5} {nets:>17} "
-                    f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f}")
+                    f"{row['steps_per_s']:>8.2f} {1000 * seconds:>8.1f} {row['cpu_ms_per_step']:>8.1f}")
                 if policy == "gaussian":  # the flow row came just before: its step's cost relative to this one
                     say(f"{'':<34} flow step cost / Gaussian step cost: "
-                        f"{row['steps_per_s'] / rows[-2]['steps_per_s']:.2f}x")
+                        f"{row['steps_per_s'] / rows[-2]['steps_per_s']:.2f}x "
+                        f"(CPU time: {rows[-2]['cpu_ms_per_step'] / row['cpu_ms_per_step']:.2f}x)")
         say("(OGBench's JAX HIQL side by side: benchmarks/jax_hiql_step.py, in the same run)")
     finally:
         world.leave()
