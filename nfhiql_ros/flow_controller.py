@@ -199,6 +199,9 @@ class FlowController(ManagedNode):
             for sub in subscribe(self, observation_topics(self.spec), self.on_robot_message, observation_qos(p)):
                 self.own(sub, "active")
         self.own(self.create_timer(self.period_s, self.on_tick), "active")
+        # the latched state leaves 'inactive' now, not at the first observation: a planner that matches late
+        # would otherwise take the configure-time 'inactive' for a stop and abort its goal
+        self.report_state()
 
     def deactivate(self) -> None:
         """The safe command, then nothing until activated again."""

@@ -471,7 +471,8 @@ def test_cube_lockstep_run_equals_the_in_process_bundle_evaluation(tmp_path, rea
     actions = np.clip(np.array(policy.actions), space.low, space.high).astype(space.dtype)  # as evaluate applies
     for report, rec in zip(runs, records):
         assert report["status"] == "completed" and report["safe_commands"]["during_run"] == 0
-        assert report["sim"]["ignored_commands"] == 0 and report["planner"]["replan_every"] == every
+        assert report["sim"]["ignored_commands"] == 0 and report["planner"]["replan_every"] == every, \
+            (report["sim"], report["goals"], report["safe_commands"], report["dropped_messages"])  # what ended the goal
         assert rec["successes"].tolist() == [e.success for e in result.episodes]
         assert rec["lengths"].tolist() == [e.length for e in result.episodes]
         assert {t: v["success"] for t, v in report["tasks"].items()} == {

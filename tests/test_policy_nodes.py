@@ -660,6 +660,40 @@ def test_enable_deadman_and_estop_latch(ros, bundle) -> None:
     assert any(v["state"] == "estop" and v["estops"] == "1" for _, _, v in driver.status("flow_controller"))
 
 
+def test_activation_replaces_the_latched_inactive_state_before_any_observation(ros, bundle) -> None:
+    """The latched `safety_state` says 'inactive' once configured and leaves it on activation itself, so a
+    subscriber that matches after activation (a late planner) never takes a stale 'inactive' for a stop."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+    from std_msgs.msg import String
+
+    driver, launch = ros
+    launch("flow_controller", {**common(bundle, autostart=False), "trigger": "observation", "ood_alarm": False})
+    topic = f"{driver.namespace}/safety_state"
+
+    def change(transition: int) -> None:
+        client = driver.node.create_client(ChangeState, f"{driver.namespace}/flow_controller/change_state")
+        assert driver.spin(20.0, until=client.service_is_ready), "no flow_controller/change_state"
+        future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+        assert driver.spin(20.0, until=future.done) and future.result().success
+
+    def latched() -> str:
+        """The state a subscriber that matches now is handed."""
+        got: list[str] = []
+        sub = driver.node.create_subscription(String, topic, lambda m: got.append(m.data), LATCHED_QOS)
+        assert driver.spin(20.0, until=lambda: bool(got)), f"nothing latched on {topic}"
+        driver.node.destroy_subscription(sub)
+        return got[-1]
+
+    change(Transition.TRANSITION_CONFIGURE)
+    assert latched() == "inactive"
+    change(Transition.TRANSITION_ACTIVATE)  # no observation is published in this test
+    state = latched()
+    assert state.partition(": ")[0] == "starting", state
+    change(Transition.TRANSITION_DEACTIVATE)
+    assert latched() == "inactive"
+
+
 def test_lifecycle_no_command_before_activate_and_a_safe_command_on_deactivate(ros, bundle) -> None:
     """Without autostart both nodes wait unconfigured: configured (inactive) they command nothing;
     activated, policy commands; deactivated, the controller's safe command within 2 periods and no
