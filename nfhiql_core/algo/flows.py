@@ -43,14 +43,6 @@ class PLULinear(nn.Module):
         self.upper = nn.Parameter(torch.triu(upper, 1))
         self.log_abs_diag = nn.Parameter(torch.log(torch.abs(diag)))
 
-    def weight(self) -> torch.Tensor:
-        """The dense matrix W."""
-        return plu_matrices([self])[0][0]
-
-    def log_abs_det(self) -> torch.Tensor:
-        """log|det W| (a scalar)."""
-        return self.log_abs_diag.sum()
-
 
 def plu_matrices(mixings: Sequence[PLULinear], inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_k or W_k⁻¹ stacked as (K, dim, dim), Σ_k log|det W_k|) for K same-sized `mixings`.
