@@ -132,6 +132,30 @@ def test_linear_interpolates_and_zoh_holds(tmp_path) -> None:
     np.testing.assert_allclose(np.arctan2(q_lin[:, 0], q_lin[:, 1]) * 2, theta, atol=0.01)  # nlerp ≈ slerp here
 
 
+def test_a_headerless_topic_with_its_own_tolerance_pairs_with_its_state_despite_receive_latency(tmp_path) -> None:
+    """/contact (no header: stamped on receipt) arrives 2-70 ms after the /js state it belongs to (10 Hz).
+    With the spec's 10 ms tolerance, the late ones pair with the row after theirs; with its own 90 ms,
+    every row gets its own value, and the first row stays on /js's first stamp."""
+    lags_ms = [2, 30, 5, 70, 12, 45, 3, 8]
+    with BagWriter(tmp_path / "bag") as bag:
+        for k, lag in enumerate(lags_ms):
+            bag.joint_state("/js", T0 + k * DT, ["a"], [k])
+            bag.multiarray("/contact", T0 + k * DT + lag * 1_000_000, [10.0 * k])
+    out = {}
+    for name, own in (("spec", {}), ("own", {"tolerance_s": 0.09})):
+        spec = write_spec(tmp_path / f"{name}.yaml", [js_field(names=["a"]), {**cmd_field("/contact", 1), **own}],
+                          {"delta_of": ["/js.position"]}, tolerance_s=0.01)
+        bag2data([tmp_path / "bag"], spec, tmp_path / f"{name}.npz", progress=False)
+        out[name] = np.load(tmp_path / f"{name}.npz")["observations"]
+    k = np.arange(len(lags_ms))
+    np.testing.assert_array_equal(out["own"], np.column_stack([k, 10.0 * k]))
+    # The spec's tolerance on a grid from /contact's first receipt (2 ms late): a value received more than
+    # 2 + 10 ms after its state misses its row, which holds the previous value.
+    late = np.array(lags_ms) > lags_ms[0] + 10
+    assert out["spec"][:, 0].tolist() == k.tolist()
+    assert (out["spec"][late, 1] == 10.0 * (k[late] - 1)).all() and (out["spec"][~late, 1] == 10.0 * k[~late]).all()
+
+
 def test_markers_gaps_and_pre_roll_cut_episodes(tmp_path) -> None:
     with BagWriter(tmp_path / "bag") as bag:
         for k in range(50):  # 0 … 4.9 s
@@ -375,6 +399,9 @@ def test_missing_bag_and_no_overwrite_without_force(tmp_path, capsys) -> None:
     ({"action": {"fields": [cmd_field(size=0)]}}, "action.fields[0]: size: required"),
     ({"interpolation": "cubic"}, "interpolation: 'cubic' is not one of"),
     ({"tolerance_s": 0.5}, "tolerance_s: must be in [0, 1/rate_hz)"),
+    ({"observation": [js_field(tolerance_s=0.1)]}, "/js.position: tolerance_s: must be in [0, 1/rate_hz)"),
+    ({"observation": [js_field(tolerance_s=0.02), js_field(names=["a"], label="a", tolerance_s=0.03)]},
+     "topic /js: fields declare different tolerance_s"),
     ({"episodes": {"max_gap_s": 0}}, "episodes: max_gap_s: must be > 0"),
     ({"episodes": {"max_gap_s": 0.05}}, "episodes.max_gap_s: must be longer than a control period"),
 ])

@@ -12,8 +12,9 @@ Each bag is converted on its own (episodes never span bags), in bounded memory:
    dropped); a silence on any topic ends one (overlapping silences count once; a silence that
    holds a marker is that marker's cut).
 3. Resample each episode on the control-rate grid t_k = t_start + k / rate_hz, from the first
-   instant every topic has a sample to the last instant every topic still has one. `zoh` takes
-   each topic's latest sample stamped at or before t_k + tolerance_s; `linear` interpolates between
+   instant every topic has a sample (a topic with its own, longer tolerance_s: that much longer
+   before) to the last instant every topic still has one. `zoh` takes each topic's latest sample
+   stamped at or before t_k + its tolerance_s (its own, else the spec's); `linear` interpolates between
    the samples around t_k (pose quaternions renormalised). Rows are computed a block at a time from
    the samples that block needs.
 4. Stream observations/actions/terminals (OGBench's raw layout: terminals = 1 at each episode's
@@ -387,8 +388,8 @@ def _convert_episode(bag: _Bag, spec: InterfaceSpec, out: _Output, start: int, s
         if i0 == i1:
             raise BagError(f"{bag.path}: {where}: topic {s.topic} field {s.fields[0].label}: no messages "
                            "in this episode (empty episode)")
-    t_start = max(s.times.item(i0) for s, (i0, _) in zip(bag.streams, ranges))
     tol = _tolerance_ns(spec)
+    t_start = max(s.times.item(i0) - (spec.tolerance_ns(s.topic) - tol) for s, (i0, _) in zip(bag.streams, ranges))
     t_end = _episode_end(bag, ranges) + tol
     n = math.floor((t_end - t_start) / spec.period_ns + 1e-6) + 1 if t_end >= t_start else 0
     if n < 2:
@@ -402,7 +403,7 @@ def _convert_episode(bag: _Bag, spec: InterfaceSpec, out: _Output, start: int, s
         k1 = min(n, k0 + BLOCK_ROWS)
         extra = delta and k1 < n  # delta actions need the next row's observation
         grid = t_start + np.round(np.arange(k0, k1 + extra) * spec.period_ns).astype(np.int64)
-        samples = [_sample(bag, s, i0, i1, grid, spec, tol) for s, (i0, i1) in zip(bag.streams, ranges)]
+        samples = [_sample(bag, s, i0, i1, grid, spec) for s, (i0, i1) in zip(bag.streams, ranges)]
         observations = _assemble(bag, spec.observation, samples)
         if delta:
             actions = _delta_actions(spec, observations)[: k1 - k0]
@@ -432,12 +433,13 @@ def _episode_end(bag: _Bag, ranges: list[tuple[int, int]]) -> int:
 
 
 def _tolerance_ns(spec: InterfaceSpec) -> int:
-    """How late a sample may be stamped and still count for a row (zoh only)."""
+    """The spec's own tolerance (zoh only): of episode cuts and ends."""
     return round(spec.tolerance_s * 1e9) if spec.interpolation == "zoh" else 0
 
 
-def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: InterfaceSpec, tol: int) -> np.ndarray:
+def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: InterfaceSpec) -> np.ndarray:
     """Values of stream `s` (samples [i0, i1) of the episode) at the grid times."""
+    tol = spec.tolerance_ns(s.topic)
     j0 = max(i0, s.times.searchsorted(grid[0] + tol, "right") - 1)
     j1 = min(i1, s.times.searchsorted(grid[-1] + tol, "right") + 1)
     times, values = s.times.read(j0, j1), s.values.read(j0, j1)

@@ -105,6 +105,9 @@ class FieldSpec:
     # (0 = 1.5 periods of rate_hz); in a recording's last rows, 0 = the median sample interval
     # (so a slow stream, e.g. a 10 Hz object pose, does not cut the last rows of a 50 Hz episode).
     max_age_s: float = 0.0
+    # zoh: this topic's own tolerance_s (0 = the spec's). A topic without a header is stamped with its log
+    # (receive) time, which trails the instant it reports by the transport's latency: give it a longer one.
+    tolerance_s: float = 0.0
     # observation: the safety supervisor's limits on this field's raw values, [low, high] (numbers or one
     # per value, e.g. the tcp position in m); outside is a safe stop. [] = none
     workspace: tuple[float | tuple[float, ...], ...] = ()
@@ -133,7 +136,7 @@ class FieldSpec:
             raise ValueError(f"derive: {self.derive} needs names: [qx, qy, qz, qw] of a pose")
         if self.clip and not (len(self.clip) == 2 and self.clip[0] <= self.clip[1]):
             raise ValueError(f"clip: expected [low, high] with low <= high (got {list(self.clip)})")
-        for key in ("rate_hz", "max_age_s"):
+        for key in ("rate_hz", "max_age_s", "tolerance_s"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}: must be >= 0 (got {getattr(self, key)})")
         if self.workspace:
@@ -366,8 +369,10 @@ class InterfaceSpec:
             raise ValueError(f"time_source: {self.time_source!r} is not one of {TIME_SOURCES}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation: {self.interpolation!r} is not one of {INTERPOLATIONS}")
-        if not 0 <= self.tolerance_s < 1.0 / self.rate_hz:
-            raise ValueError(f"tolerance_s: must be in [0, 1/rate_hz) (got {self.tolerance_s})")
+        for f in (self, *self.fields):
+            if not 0 <= f.tolerance_s < 1.0 / self.rate_hz:
+                where = "" if f is self else f"{f.label}: "
+                raise ValueError(f"{where}tolerance_s: must be in [0, 1/rate_hz) (got {f.tolerance_s})")
         if self.episodes.max_gap_s <= 1.0 / self.rate_hz:
             raise ValueError(f"episodes.max_gap_s: must be longer than a control period (1/rate_hz = "
                              f"{1.0 / self.rate_hz:g} s)")
@@ -393,6 +398,9 @@ class InterfaceSpec:
             raise ValueError(f"goal_fields: {unknown[0]!r} is not an observation label "
                              f"(labels: {', '.join(obs_labels)})")
         for topic in types:
+            tolerances = {f.tolerance_s for f in self.fields if f.topic == topic and f.tolerance_s}
+            if len(tolerances) > 1:
+                raise ValueError(f"topic {topic}: fields declare different tolerance_s ({sorted(tolerances)})")
             rates = {f.rate_hz for f in self.fields if f.topic == topic and f.rate_hz}
             if len(rates) > 1:
                 raise ValueError(f"topic {topic}: fields declare different rate_hz ({sorted(rates)})")
@@ -458,6 +466,14 @@ class InterfaceSpec:
     def workspace_limits(self) -> dict[str, tuple[float, float]]:
         """Every observation field's workspace, by element name, in the observation's units."""
         return {k: v for f in self.observation for k, v in f.workspace_limits().items()}
+
+    def tolerance_ns(self, topic: str) -> int:
+        """zoh: how late a sample of `topic` may be stamped and still count for a row (its fields'
+        tolerance_s, else the spec's); linear: 0."""
+        if self.interpolation != "zoh":
+            return 0
+        declared = max(f.tolerance_s for f in self.fields if f.topic == topic)
+        return round((declared or self.tolerance_s) * 1e9)
 
     def max_age_ns(self, topic: str) -> int:
         """Live: how old `topic`'s latest message may be (its fields' max_age_s, else 1.5 periods of its
