@@ -41,7 +41,8 @@ def test_plot_expert_run_writes_a_png(tmp_path):
 
 
 def test_bench_train_reports_both_policies(tmp_path, capsys):
-    recipe = {"run_dir": str(tmp_path / "run"), "dataset": {"path": str(tmp_path / "missing.npz")},
+    recipe = {"run_dir": str(tmp_path / "run"), "env": "cube-single-play",
+              "dataset": {"path": str(tmp_path / "missing.npz")},
               "agent": {"actor_hidden_dims": [16], "value_hidden_dims": [16], "flow_hidden_dims": [16],
                         "flow_encode_dim": 8, "flow_blocks": 2},
               "train": {"batch_size": 32}}
@@ -53,3 +54,4 @@ def test_bench_train_reports_both_policies(tmp_path, capsys):
     assert all(r["dataset"] == synthetic_dataset().source for r in rows)
     out = capsys.readouterr().out
     assert "steps/s" in out and "cpu ms" in out and "(CPU time: " in out
+    assert "missing.npz not found: using <synthetic random walk> of cube-single-play's shapes, obs 28 / act 5" in out

@@ -17,6 +17,7 @@ from nfhiql_core.algo.precision import autocast_dtype, bf16_capability
 from nfhiql_core.data.dataset import Dataset, load_dataset
 from nfhiql_core.data.goal_sampler import HierarchicalGoalSampler
 from nfhiql_core.errors import DatasetError
+from nfhiql_core.evaluation.episodes import make_env
 from nfhiql_core.training.distributed import World, seed_rank
 from nfhiql_core.training.train import TrainConfig, load_train_config
 
@@ -106,11 +107,16 @@ def bench_train(config_paths: Sequence[str], steps: int = 30, warmup: int = 3, t
 
 
 def _dataset_for(config: TrainConfig, say: Callable[[str], None]) -> Dataset:
+    """The recipe's dataset, or where it was not generated on this machine a synthetic one of its env's shapes."""
     try:
         return load_dataset(config.dataset.path)
-    except DatasetError:  # the recipe's dataset was not generated on this machine
-        dataset = synthetic_dataset()
-        say(f"  ({config.dataset.path} not found: using {dataset.source}, obs 2 / act 2)")
+    except DatasetError:
+        env = make_env(config.env)
+        obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        env.close()
+        dataset = synthetic_dataset(obs_dim, action_dim)
+        say(f"  ({config.dataset.path} not found: using {dataset.source} of {config.env}'s shapes, obs {obs_dim} / "
+            f"act {action_dim})")
         return dataset
 
 
