@@ -1,7 +1,7 @@
 #!/bin/bash
 # OGBench's JAX HIQL and `nfhiql bench train` (full-size pointmaze recipe, float32, flow and Gaussian) alternating,
 # at 1 thread (pinned to core 0) and 2 threads, ROUNDS rounds: compare speeds only within one run.
-#   benchmarks/jax_side_by_side.sh JAXVENV IMPLS_DIR DATA.npz [ROUNDS]
+#   benchmarks/jax_side_by_side.sh JAXVENV IMPLS_DIR DATA.npz [ROUNDS]     (with the project's venv active)
 # JAXVENV: a venv with jax[cpu], flax, optax, distrax, ml_collections; IMPLS_DIR: OGBench's impls/ (fetched, not part
 # of this project); DATA.npz: any dataset in OGBench's layout of pointmaze's shapes (obs 2, action 2). Our side reads
 # the recipe's dataset, or a synthetic one of the same shapes where it is absent.
