@@ -324,6 +324,7 @@ def test_shipped_recipe_ablation_changes_one_thing_per_row(tmp_path, monkeypatch
     assert changed("cube-cosine-adamw") == schedule and changed("cube-ema") == {"policy_ema"}
     assert changed("cube-bigger-flow") == flow and changed("cube-state-subgoals") == state
     assert changed("cube-v2") == schedule | {"policy_ema"} | flow
+    assert changed("cube-v2-small-flow") == schedule | {"policy_ema"}  # the baseline's flow: issue 19's cost
     assert changed("cube-v2-state-subgoals") == schedule | {"policy_ema"} | flow | state
     for task in agents:
         assert {k: v for k, v in agents[task].items() if k in changed(task)} == \
@@ -333,7 +334,7 @@ def test_shipped_recipe_ablation_changes_one_thing_per_row(tmp_path, monkeypatch
            {(40000, 256, 4000, 32000, 50, 1)}
     assert {c.task for c in cells if c.policy == "gaussian"} == {"cube-single-play", "cube-v2"}
     assert {c.task for c in cells if c.data_fraction != 1.0} == {"cube-v2"}  # 10 % of the data: the candidate only
-    assert len(cells) == 27 + 6
+    assert len(cells) == 30 + 6
 
     moved = dataclasses.replace(config, output_dir=str(tmp_path / "grid"))
     adopted = adopt_results(moved, root / "docs" / "experiments" / "cpu-grid" / "results.json")
