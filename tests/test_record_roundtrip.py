@@ -87,9 +87,10 @@ def record_demos(procs: Processes, env: str, tasks: tuple, steps: int, bags: dic
         commands = [f.topic for f in spec.action.fields]
         topics = [*spec.topics, "/teleop/episode", "/goal", "/sim/episode"]
         robot = {"robot_spec": robot_spec}
+    # The sim's topics appear once it has loaded, which took more than the default 10 s of discovery under load.
     for (storage, compression), bag in bags.items():
         procs.node(f"rec-{storage}-{compression}", "nfhiql_ros.recorder", output=bag, topics=tuple(topics),
-                   storage=storage, compression=compression)
+                   storage=storage, compression=compression, discovery_timeout_s=120.0)
     teleop = procs.node("teleop", "nfhiql_ros.teleop", env=env, noise=0.3 if "maze" in env else -1.0, seed=1,
                         **robot)
     for storage, compression in bags:  # every recorder listens to the teleop before the sim starts
