@@ -79,6 +79,7 @@ class _Stream:
         self.times = SpillArray(tmpdir / f"{index}.t", np.int64)
         self.values = SpillArray(tmpdir / f"{index}.v", np.float64, sum(dims))
         self.max_gap_ns = int(spec.episodes.max_gap_s * 1e9)
+        self.tolerance_ns = spec.tolerance_ns(topic)  # zoh: how late a sample may be and still count for a row
         self.count = self.header_stamps = 0
         self.first = self.last = self.longest_gap = self.silent_ns = 0
         self.gaps: list[tuple[int, int]] = []  # (last stamp before, first stamp after) a silence
@@ -369,7 +370,7 @@ class _Output:
 
 def _convert_bag(bag: _Bag, spec: InterfaceSpec, out: _Output, episodes: list[dict]) -> dict:
     """Pass 2: resample every episode of `bag` into `out`; returns how episodes were cut."""
-    tolerance = _tolerance_ns(spec)
+    tolerance = spec.tolerance_ns()
     _, from_gaps = _cuts(bag, tolerance)
     counts = {"marker": len(bag.markers.times) if bag.markers else 0, "gap": from_gaps}
     for start, stop, how in _segments(bag, tolerance):
@@ -388,8 +389,8 @@ def _convert_episode(bag: _Bag, spec: InterfaceSpec, out: _Output, start: int, s
         if i0 == i1:
             raise BagError(f"{bag.path}: {where}: topic {s.topic} field {s.fields[0].label}: no messages "
                            "in this episode (empty episode)")
-    tol = _tolerance_ns(spec)
-    t_start = max(s.times.item(i0) - (spec.tolerance_ns(s.topic) - tol) for s, (i0, _) in zip(bag.streams, ranges))
+    tol = spec.tolerance_ns()  # the spec's own: of the episode's end
+    t_start = max(s.times.item(i0) - (s.tolerance_ns - tol) for s, (i0, _) in zip(bag.streams, ranges))
     t_end = _episode_end(bag, ranges) + tol
     n = math.floor((t_end - t_start) / spec.period_ns + 1e-6) + 1 if t_end >= t_start else 0
     if n < 2:
@@ -432,14 +433,9 @@ def _episode_end(bag: _Bag, ranges: list[tuple[int, int]]) -> int:
     return min(min(ends), last)
 
 
-def _tolerance_ns(spec: InterfaceSpec) -> int:
-    """The spec's own tolerance (zoh only): of episode cuts and ends."""
-    return round(spec.tolerance_s * 1e9) if spec.interpolation == "zoh" else 0
-
-
 def _sample(bag: _Bag, s: _Stream, i0: int, i1: int, grid: np.ndarray, spec: InterfaceSpec) -> np.ndarray:
     """Values of stream `s` (samples [i0, i1) of the episode) at the grid times."""
-    tol = spec.tolerance_ns(s.topic)
+    tol = s.tolerance_ns
     j0 = max(i0, s.times.searchsorted(grid[0] + tol, "right") - 1)
     j1 = min(i1, s.times.searchsorted(grid[-1] + tol, "right") + 1)
     times, values = s.times.read(j0, j1), s.values.read(j0, j1)

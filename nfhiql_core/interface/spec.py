@@ -467,12 +467,12 @@ class InterfaceSpec:
         """Every observation field's workspace, by element name, in the observation's units."""
         return {k: v for f in self.observation for k, v in f.workspace_limits().items()}
 
-    def tolerance_ns(self, topic: str) -> int:
+    def tolerance_ns(self, topic: str | None = None) -> int:
         """zoh: how late a sample of `topic` may be stamped and still count for a row (its fields'
-        tolerance_s, else the spec's); linear: 0."""
+        tolerance_s, else the spec's; no topic: the spec's); linear: 0."""
         if self.interpolation != "zoh":
             return 0
-        declared = max(f.tolerance_s for f in self.fields if f.topic == topic)
+        declared = max((f.tolerance_s for f in self.fields if f.topic == topic), default=0.0)
         return round((declared or self.tolerance_s) * 1e9)
 
     def max_age_ns(self, topic: str) -> int:
